@@ -1,0 +1,608 @@
+"""Actor cells: the stable home of an actor across its incarnations.
+
+A :class:`Cell` owns an actor's mailbox, counters and current instance. Each incarnation
+runs on a pykka ``ThreadingActor`` (the *shell*) that reads the cell's mailbox, so the
+mailbox, and the :class:`ActorRef` senders hold, outlive any one incarnation (Akka's
+semantics, not pykka's):
+
+* a handler that raises (on ``tell`` or ``ask``) suspends the actor; the message becomes a
+  dead letter (an asker also gets the exception) and the cell reports ``ChildFailed`` to
+  its supervisor, then waits for the supervisor's directive on the same thread;
+* on RESTART the old instance's ``pre_restart`` runs, a new instance is made by the
+  factory, ``on_start`` runs, and the mailbox carries on where it stopped, in order;
+* a hung actor (a message running past its hang timeout) is abandoned: a new shell
+  thread takes over the same mailbox and the stuck thread is detached;
+* nothing is dropped silently: whatever cannot be delivered is a dead letter.
+
+pykka's own failure handling never sees an exception: pykka would stop the actor on a
+failed ``tell`` (dropping its inbox), keep it on a failed ``ask``, and stop every actor in
+the process on a ``BaseException``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any, Final
+
+import pykka
+import structlog
+
+from actors.base import Actor, ActorContext
+from actors.dead_letters import DeadLetterOffice
+from actors.immutability import check_immutable, register_immutable
+from messages.errors import ActorHung, ActorStopped
+from messages.supervision import (
+    ActorStatistics,
+    ChildFailed,
+    DeadLetter,
+    GetStatistics,
+)
+
+__all__ = ["ActorRef", "Cell", "CellState", "Directive", "EscalationSignal", "Pending"]
+
+_log = structlog.get_logger("arbiter.supervisor")
+
+
+class CellState(StrEnum):
+    """Life stage of a cell."""
+
+    NEW = "new"
+    RUNNING = "running"
+    SUSPENDED = "suspended"  # failed, waiting for its supervisor's directive
+    STOPPED = "stopped"
+
+
+class Directive(StrEnum):
+    """What a supervisor tells a child cell to do."""
+
+    RESTART = "restart"
+    STOP = "stop"
+
+
+class EscalationSignal(Exception):
+    """Raised by a supervisor's handler to fail itself on purpose (escalation).
+
+    The message being handled is not made a dead letter: it was handled, by escalating.
+    """
+
+
+class _Letter:
+    """One mailbox entry. Duck-types pykka's envelope (``message``, ``reply_to``) so pykka's
+    loop hands the letter itself to the shell, at the cost of one allocation per message."""
+
+    __slots__ = ("body", "future")
+    reply_to = None
+
+    def __init__(self, body: Any, future: pykka.ThreadingFuture[Any] | None) -> None:
+        self.body = body
+        self.future = future
+
+    @property
+    def message(self) -> _Letter:
+        return self
+
+    def future_done(self) -> bool:
+        # pykka futures have no public "done"; a reply set by take_pending's user is
+        # recorded by Pending.reply, which clears the future.
+        return self.future is None
+
+
+class Pending:
+    """A message taken from the mailbox by :meth:`ActorContext.take_pending` (batching)."""
+
+    __slots__ = ("_letter",)
+
+    def __init__(self, letter: _Letter) -> None:
+        self._letter = letter
+
+    @property
+    def message(self) -> Any:
+        """The message itself."""
+        return self._letter.body
+
+    @property
+    def wants_reply(self) -> bool:
+        """True if the sender asked (and waits for an answer)."""
+        return self._letter.future is not None
+
+    def reply(self, value: Any) -> None:
+        """Answer an ask (no effect for a tell, or once answered)."""
+        future, self._letter.future = self._letter.future, None
+        if future is not None:
+            future.set(value)
+
+    def fail(self, exc: BaseException) -> None:
+        """Answer an ask with an exception (no effect for a tell, or once answered)."""
+        future, self._letter.future = self._letter.future, None
+        if future is not None:
+            future.set_exception(exc_info=(type(exc), exc, exc.__traceback__))
+
+
+# Wakes an idle shell so it applies a pending directive.
+_WAKEUP: Final = _Letter(None, None)
+
+
+class _Shell(pykka.ThreadingActor):
+    """The pykka actor running one incarnation of a cell."""
+
+    use_daemon_thread = True
+
+    def __init__(self, cell: Cell, restart_reason: BaseException | None) -> None:
+        super().__init__()
+        # Share the cell's mailbox: it outlives this incarnation.
+        self.actor_inbox = cell.mailbox
+        self.actor_ref.actor_inbox = cell.mailbox
+        self.cell = cell
+        cell.shell = self
+        self.abandoned = False
+        self.thread: threading.Thread | None = None
+        self._restart_reason = restart_reason
+
+    def on_start(self) -> None:
+        self.thread = threading.current_thread()
+        self.cell._start_incarnation(self, self._restart_reason)
+
+    def on_receive(self, letter: _Letter) -> None:
+        self.cell._deliver(self, letter)
+
+    def is_abandoned(self) -> bool:
+        """True once the watchdog or a stop timeout replaced this shell (read fresh:
+        another thread sets it while this one runs a handler)."""
+        return self.abandoned
+
+    def detach(self) -> None:
+        """End this shell's pykka loop without it touching the shared mailbox again."""
+        # pykka reads ``self.actor_inbox`` on every turn and drains it on teardown; an
+        # empty private queue keeps it away from the mailbox the next shell uses.
+        self.actor_inbox = queue.SimpleQueue()
+        self.actor_stopped.set()
+        pykka.ActorRegistry.unregister(self.actor_ref)
+
+
+class Cell:
+    """The stable part of an actor: name, mailbox, counters, supervisor link."""
+
+    def __init__(
+        self,
+        name: str,
+        factory: Callable[[], Actor],
+        *,
+        parent: ActorRef | None,
+        dead_letters: DeadLetterOffice,
+        on_root_failure: Callable[[Cell, ChildFailed], None] | None = None,
+        hang_timeout_s: float | None = None,
+    ) -> None:
+        self.name = name
+        self.factory = factory
+        self.parent = parent
+        self.dead_letters = dead_letters
+        self.on_root_failure = on_root_failure
+        self.hang_timeout_s = hang_timeout_s
+        self.mailbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.ref = ActorRef(self)
+        self.state = CellState.NEW
+        self.instance: Actor | None = None
+        self.shell: _Shell | None = None
+        self.incarnation = 0
+        self.processed = 0
+        self.failures = 0
+        self.restarts = 0
+        self.busy_since: float | None = None
+        self.current: _Letter | None = None
+        self.batch: list[_Letter] = []  # letters taken by take_pending during `current`
+        self.failed_at = 0.0
+        self.control_pending = False
+        self._directives: queue.SimpleQueue[tuple[Directive, str]] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards shell replacement, not message delivery
+        self.started = threading.Event()
+        self.stopped = threading.Event()
+        self.log = _log.bind(child=name)
+
+    # ---------------------------------------------------------------- life cycle
+    def start(self, restart_reason: BaseException | None = None) -> None:
+        """Start a new shell thread on this cell's mailbox (first start or after a stop)."""
+        with self._lock:
+            self.stopped.clear()
+            self.started.clear()
+            self.state = CellState.RUNNING
+            _Shell.start(self, restart_reason)  # sets self.shell in its __init__
+
+    def _start_incarnation(self, shell: _Shell, reason: BaseException | None) -> None:
+        """On the shell's thread: make the instance and run ``on_start``."""
+        if reason is not None:
+            self.failed_at = self.failed_at or time.monotonic()
+        if not self._make_instance(shell, restarting=reason is not None):
+            self._await_directive(shell)
+        self.started.set()
+
+    def _make_instance(self, shell: _Shell, *, restarting: bool) -> bool:
+        self.incarnation += 1
+        try:
+            instance = self.factory()
+            instance.context = ActorContext(self.ref, self.name, self.incarnation, self.log, self)
+            instance.on_start()
+        except BaseException as exc:  # noqa: BLE001 - a failing on_start is a failure too
+            self.instance = None
+            self._suspend(exc, kind="on_start")
+            return False
+        self.instance = instance
+        self.state = CellState.RUNNING
+        if restarting:
+            self.restarts += 1
+            downtime_ms = (time.monotonic() - self.failed_at) * 1000.0
+            self.failed_at = 0.0
+            self.log.info(
+                "supervisor.child_restarted",
+                restart_count=self.restarts,
+                downtime_ms=round(downtime_ms, 3),
+                incarnation=self.incarnation,
+            )
+        else:
+            self.log.debug("supervisor.child_started", incarnation=self.incarnation)
+        return True
+
+    # ---------------------------------------------------------------- delivery
+    def post(self, letter: _Letter) -> None:
+        """Put a letter in the mailbox, or dead-letter it if the actor is stopped."""
+        if self.state is CellState.STOPPED:
+            self._dead_letter(letter, "actor_stopped")
+            return
+        self.mailbox.put(letter)
+
+    def _deliver(self, shell: _Shell, letter: _Letter) -> None:
+        """On the shell's thread: handle one letter."""
+        if shell.abandoned:
+            # Only reachable if a detached shell raced for the mailbox; give it back.
+            self.mailbox.put(letter)
+            return
+        if self.control_pending:
+            self._apply_directives(shell)
+            if self.state is CellState.STOPPED:
+                if letter is not _WAKEUP:
+                    self._dead_letter(letter, "actor_stopped")
+                return
+        if letter is _WAKEUP:
+            return
+        body = letter.body
+        if type(body) is GetStatistics:
+            if letter.future is not None:
+                letter.future.set(self.statistics(include_extra=True))
+            return
+        instance = self.instance
+        assert instance is not None
+        self.current = letter
+        self.busy_since = time.monotonic() if self.hang_timeout_s is not None else 0.0
+        try:
+            result = instance.receive(body)
+        except BaseException as exc:  # noqa: BLE001 - every failure goes to the supervisor
+            self.busy_since = None
+            self.current = None
+            batch, self.batch = self.batch, []
+            if shell.is_abandoned():
+                return  # replaced while hung; the new incarnation owns the cell now
+            for failed in (letter, *batch):
+                if failed.future is not None and not failed.future_done():
+                    failed.future.set_exception(exc_info=(type(exc), exc, exc.__traceback__))
+                if not isinstance(exc, EscalationSignal):
+                    self._dead_letter(failed, f"handler_failed: {exc!r}", exc)
+            self._suspend(exc, kind="exception")
+            self._await_directive(shell)
+            return
+        self.busy_since = None
+        self.current = None
+        if self.batch:
+            self.processed += len(self.batch)
+            self.batch = []
+        if shell.is_abandoned():
+            return
+        self.processed += 1
+        if letter.future is not None:
+            letter.future.set(result)
+        if self.state is CellState.SUSPENDED:  # the actor asked to stop itself
+            self._await_directive(shell)
+
+    def _dead_letter(self, letter: _Letter, reason: str, exc: BaseException | None = None) -> None:
+        if letter is _WAKEUP:
+            return
+        if letter.future is not None and exc is None:
+            letter.future.set_exception(
+                exc_info=(ActorStopped, ActorStopped(f"{self.name}: {reason}"), None)
+            )
+        self.dead_letters.publish(
+            DeadLetter.model_construct(
+                recipient=self.name,
+                message=letter.body,
+                reason=reason,
+                exception_type=type(exc).__name__ if exc is not None else None,
+                sender_waiting=letter.future is not None,
+            )
+        )
+
+    # ---------------------------------------------------------------- failure
+    def _suspend(self, exc: BaseException, *, kind: str, normal: bool = False) -> None:
+        """Mark the cell failed and tell the supervisor (or the root handler)."""
+        self.state = CellState.SUSPENDED
+        self.failures += 0 if normal else 1
+        self.failed_at = time.monotonic()
+        report = ChildFailed(
+            child=self.name,
+            incarnation=self.incarnation,
+            reason=repr(exc) if not normal else "normal",
+            exception_type=type(exc).__name__,
+            traceback="".join(traceback.format_exception(exc))[-4000:] if not normal else "",
+            kind=kind,
+            normal=normal,
+        )
+        if self.parent is not None:
+            self.parent.tell(report)
+        elif self.on_root_failure is not None:
+            self.on_root_failure(self, report)
+
+    def _await_directive(self, shell: _Shell) -> None:
+        """Block this shell's thread until the supervisor says restart or stop."""
+        while self.state is CellState.SUSPENDED and not shell.abandoned:
+            directive, reason = self._directives.get()
+            self.control_pending = False
+            self._apply(shell, directive, reason)
+
+    def _apply_directives(self, shell: _Shell) -> None:
+        self.control_pending = False
+        while True:
+            try:
+                directive, reason = self._directives.get_nowait()
+            except queue.Empty:
+                return
+            self._apply(shell, directive, reason)
+            if self.state is CellState.STOPPED:
+                return
+
+    def _apply(self, shell: _Shell, directive: Directive, reason: str) -> None:
+        if directive is Directive.STOP:
+            self._finish(shell, reason)
+            return
+        if self.state is CellState.STOPPED:
+            return
+        old = self.instance
+        exc = RuntimeError(reason)
+        if old is not None:
+            if not self.failed_at:
+                self.failed_at = time.monotonic()
+            self._run_hook(old.pre_restart, exc, "pre_restart")
+        self.instance = None
+        self._make_instance(shell, restarting=True)
+
+    def _run_hook(self, hook: Callable[..., None], *args: Any) -> None:
+        name = args[-1]
+        try:
+            hook(*args[:-1])
+        except BaseException as exc:
+            self.log.error("supervisor.hook_failed", hook=name, error=repr(exc), exc_info=exc)
+
+    def _finish(self, shell: _Shell, reason: str) -> None:
+        """Stop for good on the shell's thread: post_stop, dead-letter the rest, detach."""
+        if self.instance is not None:
+            self._run_hook(self.instance.post_stop, "post_stop")
+        self.instance = None
+        with self._lock:
+            self.state = CellState.STOPPED
+            if self.shell is shell:
+                self.shell = None
+        shell.detach()
+        self._drain_to_dead_letters()
+        self.log.info("supervisor.child_stopped", reason=reason)
+        self.stopped.set()
+
+    def _drain_to_dead_letters(self) -> None:
+        while True:
+            try:
+                letter = self.mailbox.get_nowait()
+            except queue.Empty:
+                return
+            self._dead_letter(letter, "actor_stopped")
+
+    def _request_self_stop(self) -> None:
+        """Called by the actor itself: report a normal exit after the current message."""
+        self._suspend(RuntimeError("normal exit"), kind="stopped", normal=True)
+
+    def take_pending(self, limit: int) -> list[Pending]:
+        """On the actor's thread, inside ``receive``: take up to ``limit`` more messages
+        from the mailbox to handle as one batch (e.g. one transaction for many writes).
+
+        Stops early before a supervisor directive. If the handler then fails, every taken
+        message is a dead letter like the current one.
+        """
+        taken: list[Pending] = []
+        while len(taken) < limit and not self.control_pending:
+            try:
+                letter = self.mailbox.get_nowait()
+            except queue.Empty:
+                break
+            if letter is _WAKEUP:
+                self.mailbox.put(_WAKEUP)  # keep the wake-up for the directive behind it
+                break
+            if type(letter.body) is GetStatistics:
+                if letter.future is not None:
+                    letter.future.set(self.statistics(include_extra=True))
+                continue
+            self.batch.append(letter)
+            taken.append(Pending(letter))
+        return taken
+
+    # ---------------------------------------------------------------- control from outside
+    def send_directive(self, directive: Directive, reason: str) -> None:
+        """Ask the cell to restart or stop (applied before its next message).
+
+        A cell with no live thread (stopped, or its hung thread abandoned) is restarted
+        on a new shell thread, or marked stopped, right here.
+        """
+        with self._lock:
+            has_thread = self.shell is not None
+            if not has_thread and directive is Directive.STOP:
+                self.state = CellState.STOPPED
+        if has_thread:
+            self._directives.put((directive, reason))
+            self.control_pending = True
+            self.mailbox.put(_WAKEUP)
+        elif directive is Directive.RESTART:
+            self.failed_at = self.failed_at or time.monotonic()
+            self.start(RuntimeError(reason))
+        else:
+            self._drain_to_dead_letters()
+            if not self.stopped.is_set():
+                self.log.info("supervisor.child_stopped", reason=reason)
+            self.stopped.set()
+
+    def stop(self, timeout_s: float, reason: str = "shutdown") -> bool:
+        """Stop the cell and wait up to ``timeout_s``; a cell that does not stop in time
+        is abandoned (its thread detached, its mailbox dead-lettered). True if it stopped
+        cleanly."""
+        if self.state is CellState.STOPPED and self.stopped.is_set():
+            return True
+        if self.state is CellState.NEW:
+            self.state = CellState.STOPPED
+            self.stopped.set()
+            return True
+        self.send_directive(Directive.STOP, reason)
+        if self.stopped.wait(timeout_s):
+            return True
+        self.abandon(f"{reason}: shutdown timeout")
+        with self._lock:
+            self.state = CellState.STOPPED
+        self._drain_to_dead_letters()
+        self.log.warning("supervisor.child_stopped", reason=f"{reason} (shutdown timeout)")
+        self.stopped.set()
+        return False
+
+    def abandon(self, reason: str, busy_since: float | None = None) -> bool:
+        """Detach the current shell (hung, or too slow to stop); its thread is left behind.
+
+        With ``busy_since``, do nothing (and return False) if the actor has moved on from
+        the message the watchdog saw as hung.
+        """
+        with self._lock:
+            shell = self.shell
+            if shell is None or shell.abandoned:
+                return False
+            if busy_since is not None and self.busy_since != busy_since:
+                return False
+            shell.abandoned = True
+            self.shell = None
+            shell.detach()
+            letter = self.current
+            self.current = None
+            self.busy_since = None
+        if letter is not None:
+            if letter.future is not None:
+                exc = ActorHung(f"{self.name}: {reason}")
+                letter.future.set_exception(exc_info=(ActorHung, exc, None))
+            self._dead_letter(letter, f"hung: {reason}", ActorHung(reason))
+        return True
+
+    def report_hung(self, busy_s: float, busy_since: float) -> None:
+        """Called by the watchdog: replace a hung incarnation and tell the supervisor."""
+        if self.abandon(f"no progress for {busy_s:.3f}s", busy_since):
+            self._suspend(ActorHung(f"hung for {busy_s:.3f}s"), kind="hung")
+
+    def report_died(self) -> None:
+        """Called by the watchdog: the shell's thread is gone without a stop."""
+        self.abandon("thread died")
+        self._suspend(RuntimeError("actor thread died"), kind="died")
+
+    def hung_for(self, now: float) -> tuple[float, float] | None:
+        """``(seconds busy, busy_since)`` if the current message has run past the hang
+        timeout, else None."""
+        since = self.busy_since
+        if self.hang_timeout_s is None or not since:
+            return None
+        busy = now - since
+        return (busy, since) if busy > self.hang_timeout_s else None
+
+    def thread_died(self) -> bool:
+        """True when the running shell's thread ended without the cell stopping."""
+        shell = self.shell
+        if shell is None or self.state is not CellState.RUNNING or shell.thread is None:
+            return False
+        return not shell.thread.is_alive()
+
+    def statistics(self, *, include_extra: bool = False) -> ActorStatistics:
+        """A snapshot of this cell's counters. ``include_extra`` (the actor's own
+        ``statistics()``) only on the actor's own thread, which owns that state."""
+        extra: Any = {}
+        instance = self.instance
+        if include_extra and instance is not None:
+            try:
+                extra = dict(instance.statistics())
+            except Exception as exc:  # noqa: BLE001 - statistics must never break status
+                extra = {"statistics_error": repr(exc)}
+        return ActorStatistics(
+            name=self.name,
+            state=self.state.value,
+            processed=self.processed,
+            failures=self.failures,
+            restarts=self.restarts,
+            mailbox_depth=self.mailbox.qsize(),
+            incarnation=self.incarnation,
+            extra=extra,
+        )
+
+
+class ActorRef:
+    """A reference to an actor that stays valid across its restarts.
+
+    ``tell`` and ``ask`` accept only immutable messages (see ``check_immutable``).
+    """
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: Cell) -> None:
+        self._cell = cell
+
+    @property
+    def name(self) -> str:
+        """The actor's name (unique within its system)."""
+        return self._cell.name
+
+    def tell(self, message: Any) -> None:
+        """Send ``message`` without waiting; it is delivered in order, or dead-lettered."""
+        check_immutable(message)
+        self._cell.post(_Letter(message, None))
+
+    def ask_future(self, message: Any) -> pykka.ThreadingFuture[Any]:
+        """Send ``message`` and return a future of the actor's answer."""
+        check_immutable(message)
+        future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        self._cell.post(_Letter(message, future))
+        return future
+
+    def ask(self, message: Any, timeout: float | None = 5.0) -> Any:
+        """Send ``message`` and wait for the answer.
+
+        Raises the handler's exception if it failed (the actor is then restarted or
+        stopped by its supervisor), ``ActorStopped`` if the actor is stopped, and
+        ``TimeoutError`` after ``timeout`` seconds.
+        """
+        future = self.ask_future(message)
+        try:
+            return future.get(timeout=timeout)
+        except pykka.Timeout as exc:
+            raise TimeoutError(f"no answer from {self.name} within {timeout}s") from exc
+
+    def is_alive(self) -> bool:
+        """True while the actor accepts messages (running, or failed awaiting a restart)."""
+        return self._cell.state is not CellState.STOPPED
+
+    def statistics(self) -> ActorStatistics:
+        """The actor's counters, read without waiting for its thread."""
+        return self._cell.statistics()
+
+    def __repr__(self) -> str:
+        return f"ActorRef({self._cell.name!r}, state={self._cell.state.value})"
+
+
+# A reference is a handle to a cell, not shared data: actors may pass refs to each other.
+register_immutable(ActorRef)

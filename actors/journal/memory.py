@@ -1,0 +1,255 @@
+"""An in-process task store: the library's default, and the reference for the contract.
+
+It is a real backend, not a test double: same semantics as the sqlite store (sequences,
+idempotent inserts, all-or-nothing batches), minus durability. Data lives in the object,
+so closing and re-opening the same ``MemoryStore`` keeps it; it is lost with the process.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Self
+
+from actors.journal.store import (
+    DEFAULT_LIST_LIMIT,
+    SCHEMA_VERSION,
+    StoreStatistics,
+    TaskStore,
+    check_limit,
+    parse_task_id,
+)
+from messages import InvalidMessage, StoreError, TaskRecord, TaskState, UnknownTask
+from messages.task import TERMINAL_STATES
+
+__all__ = ["MemoryStore"]
+
+_ABSENT = object()
+
+
+class MemoryStore(TaskStore):
+    """Task records in dictionaries, guarded by one lock.
+
+    Every operation holds the lock for its whole duration, so a reader in another thread
+    (``status``) sees each batch entirely or not at all. A failing batch is undone from an
+    undo log before the lock is released.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._open = False
+        self._tasks: dict[uuid.UUID, TaskRecord] = {}  # insertion order == sequence order
+        self._keys: dict[str, uuid.UUID] = {}
+        self._counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
+        self._next_sequence = 1
+        self._stats: StoreStatistics = {
+            "commits": 0,
+            "rollbacks": 0,
+            "records_inserted": 0,
+            "duplicates": 0,
+            "records_updated": 0,
+            "records_written": 0,
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def open(self) -> Self:
+        """Mark the store open (the data is kept from any earlier opening)."""
+        with self._lock:
+            self._open = True
+        return self
+
+    def close(self) -> None:
+        """Mark the store closed; the data stays in this object."""
+        with self._lock:
+            self._open = False
+
+    @property
+    def is_open(self) -> bool:
+        """True between ``open()`` and ``close()``."""
+        return self._open
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise StoreError(f"store {self.url} is not open")
+
+    # -- writes --------------------------------------------------------------------------
+
+    def apply(
+        self, inserts: Sequence[TaskRecord], updates: Sequence[TaskRecord]
+    ) -> list[TaskRecord]:
+        """Insert then update in one all-or-nothing step; return the inserted records."""
+        with self._lock:
+            self._check_open()
+            if not inserts and not updates:
+                return []
+            batch = _Batch(self)
+            try:
+                stored = [batch.insert(record) for record in inserts]
+                for record in updates:
+                    batch.update(record)
+            except BaseException:
+                batch.undo()
+                self._stats["rollbacks"] += 1
+                raise
+            self._stats["commits"] += 1
+            self._stats["records_inserted"] += batch.inserted
+            self._stats["duplicates"] += batch.duplicates
+            self._stats["records_updated"] += batch.updated
+            self._stats["records_written"] += batch.inserted + batch.updated
+            return stored
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, task_id: uuid.UUID | str) -> TaskRecord | None:
+        """The stored record with this id, or None."""
+        with self._lock:
+            self._check_open()
+            key = parse_task_id(task_id)
+            return None if key is None else self._tasks.get(key)
+
+    def get_by_idempotency_key(self, key: str) -> TaskRecord | None:
+        """The stored record with this idempotency key, or None."""
+        with self._lock:
+            self._check_open()
+            task_id = self._keys.get(key)
+            return None if task_id is None else self._tasks[task_id]
+
+    def list_tasks(
+        self,
+        state: TaskState | None = None,
+        limit: int = DEFAULT_LIST_LIMIT,
+        *,
+        after_sequence: int = 0,
+    ) -> list[TaskRecord]:
+        """Up to ``limit`` records (of ``state``, if given) ordered by sequence."""
+        check_limit(limit, after_sequence)
+        with self._lock:
+            self._check_open()
+            found: list[TaskRecord] = []
+            if limit == 0:
+                return found
+            for record in self._tasks.values():
+                if record.sequence <= after_sequence:
+                    continue
+                if state is None or record.state == state:
+                    found.append(record)
+                    if len(found) >= limit:
+                        break
+            return found
+
+    def counts(self) -> dict[TaskState, int]:
+        """How many tasks are in each state."""
+        with self._lock:
+            self._check_open()
+            return dict(self._counts)
+
+    def recoverable(self) -> list[TaskRecord]:
+        """Every non-terminal task, by (priority desc, sequence asc)."""
+        with self._lock:
+            self._check_open()
+            live = [r for r in self._tasks.values() if r.state not in TERMINAL_STATES]
+        live.sort(key=lambda r: (-r.spec.priority, r.sequence))
+        return live
+
+    # -- introspection -------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        """Always the current version: a memory store has no older data."""
+        return SCHEMA_VERSION
+
+    @property
+    def url(self) -> str:
+        """``memory://``."""
+        return "memory://"
+
+    def statistics(self) -> StoreStatistics:
+        """Counters since this store was created."""
+        with self._lock:
+            return dict(self._stats)
+
+
+class _Batch:
+    """One batch being applied to a :class:`MemoryStore`, with the log to undo it."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.inserted = 0
+        self.updated = 0
+        self.duplicates = 0
+        self._old_tasks: dict[uuid.UUID, object] = {}
+        self._old_keys: dict[str, object] = {}
+        self._old_counts = dict(store._counts)
+        self._old_next_sequence = store._next_sequence
+
+    def _put(self, record: TaskRecord, previous: TaskRecord | None) -> None:
+        store = self.store
+        self._old_tasks.setdefault(record.task_id, _ABSENT if previous is None else previous)
+        store._tasks[record.task_id] = record
+        store._counts[record.state] += 1
+        if previous is not None:
+            store._counts[previous.state] -= 1
+
+    def _set_key(self, key: str, task_id: uuid.UUID | None) -> None:
+        keys = self.store._keys
+        self._old_keys.setdefault(key, keys.get(key, _ABSENT))
+        if task_id is None:
+            del keys[key]
+        else:
+            keys[key] = task_id
+
+    def insert(self, record: TaskRecord) -> TaskRecord:
+        store = self.store
+        existing = store._tasks.get(record.task_id)
+        key = record.spec.idempotency_key
+        if existing is None and key is not None and key in store._keys:
+            existing = store._tasks[store._keys[key]]
+        if existing is not None:
+            self.duplicates += 1
+            return existing
+        stored = record.model_copy(update={"sequence": store._next_sequence})
+        store._next_sequence += 1
+        self._put(stored, None)
+        if key is not None:
+            self._set_key(key, stored.task_id)
+        self.inserted += 1
+        return stored
+
+    def update(self, record: TaskRecord) -> None:
+        store = self.store
+        current = store._tasks.get(record.task_id)
+        if current is None:
+            raise UnknownTask(f"no task {record.task_id} to update")
+        old_key, new_key = current.spec.idempotency_key, record.spec.idempotency_key
+        if new_key != old_key:
+            holder = store._keys.get(new_key) if new_key is not None else None
+            if holder is not None:
+                raise InvalidMessage(
+                    f"idempotency key {new_key!r} of task {record.task_id} "
+                    f"already belongs to task {holder}"
+                )
+            if old_key is not None:
+                self._set_key(old_key, None)
+            if new_key is not None:
+                self._set_key(new_key, record.task_id)
+        if record.sequence != current.sequence:
+            record = record.model_copy(update={"sequence": current.sequence})
+        self._put(record, current)
+        self.updated += 1
+
+    def undo(self) -> None:
+        store = self.store
+        for task_id, old in self._old_tasks.items():
+            if isinstance(old, TaskRecord):
+                store._tasks[task_id] = old
+            else:
+                store._tasks.pop(task_id, None)
+        for key, old_id in self._old_keys.items():
+            if isinstance(old_id, uuid.UUID):
+                store._keys[key] = old_id
+            else:
+                store._keys.pop(key, None)
+        store._counts = self._old_counts
+        store._next_sequence = self._old_next_sequence

@@ -1,0 +1,220 @@
+"""Workload building blocks shared by every system, and the runners that drive them.
+
+* ``Completion``: the thread-safe counter + Event that every task body hits when it
+  finishes; it records when the last task completed and, for paced runs, each task's
+  end-to-end latency.
+* ``open_loop``: submits on a fixed schedule regardless of completions (no coordinated
+  omission); latency is measured from the *scheduled* submit time to completion.
+* ``run_noop_throughput`` / ``run_paced_latency``: call a system under a watchdog so that a
+  hanging system becomes an error entry instead of hanging the whole run.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from benchmarks.report import (
+    NOOP_WORKLOAD,
+    THROUGHPUT_METRIC,
+    ErrorEntry,
+    Measurement,
+    paced_workload_name,
+)
+
+T = TypeVar("T")
+
+clock = time.perf_counter
+"""The one clock of the harness (monotonic, process-wide, so comparable across threads)."""
+
+
+class Completion:
+    """Counts finished tasks from any thread; sets ``done`` when ``target`` is reached."""
+
+    def __init__(self, target: int, *, record_latency: bool = False) -> None:
+        if target <= 0:
+            raise ValueError("target must be positive")
+        self.target = target
+        self.count = 0
+        self.done = threading.Event()
+        self.finished_at = math.nan
+        self._record = record_latency
+        self.latencies_ms: list[float] = []
+        self._lock = threading.Lock()
+
+    def hit(self, scheduled_at: float | None = None) -> None:
+        """Called inside the task body. ``scheduled_at`` is the ``clock()`` submit time."""
+        now = clock()
+        with self._lock:
+            self.count += 1
+            if self._record and scheduled_at is not None:
+                self.latencies_ms.append((now - scheduled_at) * 1000.0)
+            if self.count == self.target:
+                self.finished_at = now
+                self.done.set()
+
+    def wait(self, timeout_s: float, what: str = "tasks") -> None:
+        """Wait for the target; raise TimeoutError with progress if it is not reached."""
+        if not self.done.wait(timeout_s):
+            raise TimeoutError(
+                f"only {self.count}/{self.target} {what} completed within {timeout_s:.0f}s"
+            )
+
+
+def noop_timeout_s(n: int) -> float:
+    """Internal completion timeout for a no-op run of n tasks (generous: >= 1k tasks/s)."""
+    return 30.0 + n / 1000.0
+
+
+def paced_timeout_s(rate_per_s: float, n: int) -> float:
+    """Internal completion timeout for a paced run: the schedule plus 30 s of slack."""
+    return 30.0 + n / rate_per_s
+
+
+def throughput(n: int, started_at: float, completion: Completion) -> float:
+    """Tasks per second from the first enqueue to the last completion."""
+    elapsed = completion.finished_at - started_at
+    if not elapsed > 0:
+        raise RuntimeError(f"non-positive elapsed time {elapsed!r}")
+    return n / elapsed
+
+
+def open_loop(submit: Callable[[float], Any], rate_per_s: float, n: int) -> None:
+    """Submit n tasks at ``rate_per_s``, each given its scheduled time (``clock()`` units).
+
+    Open loop: the schedule does not wait for completions. When the submitter falls behind
+    (a slow ``submit``) it catches up without sleeping, and the lateness counts in the
+    tasks' latency because latency is taken from the scheduled time.
+    """
+    if rate_per_s <= 0:
+        raise ValueError("rate must be positive")
+    interval = 1.0 / rate_per_s
+    start = clock() + 0.005
+    sleep = time.sleep
+    for i in range(n):
+        due = start + i * interval
+        delay = due - clock()
+        if delay > 0:
+            sleep(delay)
+        submit(due)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50/p95/p99 (nearest rank) of a non-empty list."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    out: dict[str, float] = {}
+    for name, p in (("p50", 50), ("p95", 95), ("p99", 99)):
+        rank = max(1, math.ceil(p / 100 * len(ordered)))
+        out[name] = ordered[rank - 1]
+    return out
+
+
+def latency_result(completion: Completion) -> dict[str, dict[str, float]]:
+    """The ``paced_latency`` return value: ``{"end_to_end_ms": {p50, p95, p99}}``."""
+    return {"end_to_end_ms": percentiles(completion.latencies_ms)}
+
+
+class WatchdogTimeout(TimeoutError):
+    """The system did not return (setup, run or teardown) within the watchdog limit."""
+
+
+def call_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:
+    """Run fn in a daemon thread; raise WatchdogTimeout if it has not returned in time.
+
+    A hung system leaves its daemon thread behind (nothing can kill a Python thread), but
+    the run goes on and reports the error.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # carried to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="bench-watchdog-call", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise WatchdogTimeout(f"no result within {timeout_s:.0f}s (watchdog)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _settle() -> None:
+    """Between runs: collect garbage and let leftover threads of the last run wind down."""
+    gc.collect()
+    time.sleep(0.2)
+
+
+def run_noop_throughput(
+    name: str,
+    system: Any,
+    n: int,
+    repeats: int,
+    log: Callable[[str], None] = print,
+    timeout_s: float | None = None,
+) -> Measurement | ErrorEntry:
+    """Median of ``repeats`` runs of ``system.noop_throughput(n)``.
+
+    ``timeout_s`` is the watchdog limit of one run (default: the internal completion
+    timeout plus 30 s for setup and teardown).
+    """
+    limit = noop_timeout_s(n) + 30.0 if timeout_s is None else timeout_s
+    samples: list[float] = []
+    for i in range(repeats):
+        _settle()
+        try:
+            value = call_with_timeout(lambda: float(system.noop_throughput(n)), limit)
+        except Exception as exc:
+            log(f"  {name}: noop_throughput run {i + 1}/{repeats} failed: {_describe(exc)}")
+            return ErrorEntry(NOOP_WORKLOAD, name, _describe(exc))
+        if not (value > 0 and math.isfinite(value)):
+            return ErrorEntry(NOOP_WORKLOAD, name, f"invalid throughput {value!r}")
+        samples.append(value)
+        log(f"  {name}: noop_throughput run {i + 1}/{repeats}: {value:,.0f} tasks/s")
+    return Measurement(
+        workload=NOOP_WORKLOAD,
+        system=name,
+        metrics={THROUGHPUT_METRIC: statistics.median(samples)},
+        samples=tuple(samples),
+    )
+
+
+def run_paced_latency(
+    name: str,
+    system: Any,
+    rate_per_s: float,
+    n: int,
+    log: Callable[[str], None] = print,
+    timeout_s: float | None = None,
+) -> Measurement | ErrorEntry:
+    """One open-loop run of ``system.paced_latency(rate_per_s, n)`` under a watchdog."""
+    workload = paced_workload_name(rate_per_s)
+    limit = paced_timeout_s(rate_per_s, n) + 30.0 if timeout_s is None else timeout_s
+    _settle()
+    try:
+        result = call_with_timeout(lambda: system.paced_latency(rate_per_s, n), limit)
+        e2e = result["end_to_end_ms"]
+        metrics = {f"end_to_end_ms_{p}": float(e2e[p]) for p in ("p50", "p95", "p99")}
+    except Exception as exc:
+        log(f"  {name}: {workload} failed: {_describe(exc)}")
+        return ErrorEntry(workload, name, _describe(exc))
+    log(
+        f"  {name}: {workload}: p50 {metrics['end_to_end_ms_p50']:.2f} ms, "
+        f"p95 {metrics['end_to_end_ms_p95']:.2f} ms, p99 {metrics['end_to_end_ms_p99']:.2f} ms"
+    )
+    return Measurement(workload=workload, system=name, metrics=metrics)

@@ -1,0 +1,112 @@
+"""The frozen message base and deep-immutable JSON values.
+
+Every message is a pydantic model with ``frozen=True`` and ``extra="forbid"``; JSON values
+(payloads, results) are converted on validation into immutable containers: objects become
+:class:`FrozenDict`, arrays become tuples. So nothing mutable ever crosses a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, TypeAlias
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+
+__all__ = [
+    "FrozenDict",
+    "JsonValue",
+    "Message",
+    "freeze_json",
+    "json_size",
+    "thaw_json",
+]
+
+
+class FrozenDict(Mapping[str, Any]):
+    """An immutable, hashable mapping used for JSON objects inside messages."""
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        self._data: dict[str, Any] = dict(data) if data else {}
+        self._hash: int | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._data.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._data) == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._data!r})"
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def freeze_json(value: Any, _depth: int = 0) -> Any:
+    """Return ``value`` as a deep-immutable JSON value, or raise ``ValueError``.
+
+    Accepts what ``json`` can encode: objects with string keys, arrays (list or tuple),
+    strings, finite numbers, booleans and None. Anything else (sets, bytes, objects, NaN)
+    is refused, so a payload is always portable to every store.
+    """
+    if _depth > 64:
+        raise ValueError("JSON value nested deeper than 64 levels")
+    if isinstance(value, _SCALARS):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a JSON number")
+        return value
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"JSON object keys must be strings, got {type(key).__name__}")
+            out[key] = freeze_json(item, _depth + 1)
+        return FrozenDict(out)
+    if isinstance(value, list | tuple):
+        return tuple(freeze_json(item, _depth + 1) for item in value)
+    raise ValueError(f"value of type {type(value).__name__} is not JSON")
+
+
+def thaw_json(value: Any) -> Any:
+    """Return a plain (mutable) JSON copy of a frozen value, for encoding or for a handler."""
+    if isinstance(value, Mapping):
+        return {key: thaw_json(item) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return [thaw_json(item) for item in value]
+    return value
+
+
+def json_size(value: Any) -> int:
+    """Bytes of the compact UTF-8 JSON encoding of ``value``."""
+    return len(json.dumps(thaw_json(value), separators=(",", ":"), ensure_ascii=False).encode())
+
+
+JsonValue: TypeAlias = Annotated[
+    Any,
+    BeforeValidator(freeze_json),
+    PlainSerializer(thaw_json, when_used="always"),
+]
+"""A JSON value, frozen on validation and thawed on serialisation."""
+
+
+class Message(BaseModel):
+    """Base of every message: frozen, no unknown fields, strict types."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)

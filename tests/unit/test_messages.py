@@ -1,0 +1,163 @@
+"""Messages: frozen, strict, JSON-only payloads, clear errors at the boundary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import BaseModel, ValidationError
+
+from actors import check_immutable
+from messages import (
+    AgentSpec,
+    ArbiterError,
+    FrozenDict,
+    InvalidMessage,
+    TaskRecord,
+    TaskSpec,
+    freeze_json,
+    json_size,
+    new_task_id,
+    thaw_json,
+)
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_freeze_thaw_round_trip_and_immutability(value: object) -> None:
+    frozen = freeze_json(value)
+    check_immutable(frozen)  # deep-immutable
+    hash(frozen)
+    assert thaw_json(frozen) == value
+    assert json.loads(json.dumps(thaw_json(frozen))) == json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{1: "int key"}, {"s": {1, 2}}, [b"bytes"], float("nan"), object(), {"d": datetime.now()}],
+)
+def test_non_json_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"JSON|keys"):
+        freeze_json(bad)
+    with pytest.raises(ValidationError):
+        TaskSpec(type="t", payload=bad)
+
+
+def test_deep_nesting_is_refused() -> None:
+    value: object = 1
+    for _ in range(70):
+        value = [value]
+    with pytest.raises(ValueError, match="deeper"):
+        freeze_json(value)
+
+
+def test_task_spec_is_frozen_strict_and_forbids_unknown_fields() -> None:
+    spec = TaskSpec(type="code", payload={"a": [1, {"b": 2}]}, priority=5)
+    with pytest.raises(ValidationError):
+        spec.priority = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        spec.payload["a"] = 1  # type: ignore[index]
+    with pytest.raises(ValidationError, match="extra"):
+        TaskSpec(type="code", colour="red")  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        TaskSpec(type="code", priority="5")  # type: ignore[arg-type]
+    for priority in (-1, 10):
+        with pytest.raises(ValidationError, match="priority"):
+            TaskSpec(type="code", priority=priority)
+    with pytest.raises(ValidationError):
+        TaskSpec(type="")
+    with pytest.raises(ValidationError, match="timezone"):
+        TaskSpec(type="t", deadline=datetime(2030, 1, 1))
+    with pytest.raises(ValidationError, match="single string"):
+        TaskSpec(type="t", required_capabilities="py")  # type: ignore[arg-type]
+
+
+def test_agent_spec_accepts_sets_and_needs_capabilities() -> None:
+    agent = AgentSpec(agent_id="a", capabilities={"code", "py"}, max_concurrency=4)
+    assert agent.capabilities == frozenset({"code", "py"})
+    with pytest.raises(ValidationError, match="capability"):
+        AgentSpec(agent_id="a", capabilities=set())
+    with pytest.raises(ValidationError):
+        AgentSpec(agent_id="a", capabilities={""})
+
+
+def test_record_json_round_trip() -> None:
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    rec = TaskRecord(
+        task_id=new_task_id(),
+        spec=TaskSpec(type="t", payload={"x": [1, 2]}, trace_context={"traceparent": "00-a-b-01"}),
+        created_at=now,
+        updated_at=now,
+        result={"ok": True},
+    )
+    assert TaskRecord.model_validate_json(rec.model_dump_json()) == rec
+
+
+def test_frozen_dict_behaves_like_a_mapping() -> None:
+    d = FrozenDict({"a": 1})
+    assert d == {"a": 1} and len(d) == 1 and list(d) == ["a"] and d["a"] == 1
+    assert hash(d) == hash(FrozenDict({"a": 1}))
+    assert "FrozenDict" in repr(d)
+    assert (d == 3) is False
+    assert json_size({"a": "é"}) == len('{"a":"é"}'.encode())
+
+
+def test_error_tree() -> None:
+    assert issubclass(InvalidMessage, ArbiterError) and issubclass(InvalidMessage, ValueError)
+
+
+def test_immutability_check() -> None:
+    class Frozen(BaseModel, frozen=True):
+        x: int
+
+    class Loose(BaseModel):
+        x: int
+
+    @dataclass(frozen=True)
+    class FrozenData:
+        x: int
+
+    @dataclass
+    class LooseData:
+        x: int
+
+    for ok in (
+        Frozen(x=1),
+        FrozenData(1),
+        (1, ("a", frozenset({b"x"}))),
+        FrozenDict({"a": (1,)}),
+        None,
+    ):
+        check_immutable(ok)
+    for bad in (
+        Loose(x=1),
+        LooseData(1),
+        [1],
+        (1, {}),
+        FrozenDict({"a": [1]}),
+        frozenset({(1, ())}) | {1},
+    ):
+        if bad == frozenset({(1, ())}) | {1}:
+            continue
+        with pytest.raises(TypeError, match="mutable"):
+            check_immutable(bad)
+    deep: object = ()
+    for _ in range(40):
+        deep = (deep,)
+    with pytest.raises(TypeError, match="deeply"):
+        check_immutable(deep)
