@@ -6,6 +6,7 @@ Note: the PyPI distribution ``supervisor`` (supervisord) installs a package of t
 name; the two cannot share one environment.
 """
 
+from actors.agent import TaskContext
 from actors.base import Actor, ActorContext
 from actors.cell import ActorRef
 from supervisor.errors import (
@@ -15,6 +16,7 @@ from supervisor.errors import (
     Escalated,
 )
 from supervisor.logging import configure_logging
+from supervisor.runner import RunnerConfig, TaskHandle, TaskRunner, load_handler
 from supervisor.strategy import (
     ChildSpec,
     Restart,
@@ -41,8 +43,13 @@ __all__ = [
     "RestartBackoff",
     "RestartIntensity",
     "RestartPlan",
+    "RunnerConfig",
     "Strategy",
+    "TaskContext",
+    "TaskHandle",
+    "TaskRunner",
     "configure_logging",
+    "load_handler",
     "plan_restart",
     "should_restart",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from actors.base import Actor
+from supervisor.demo import add_demo_parser
 from supervisor.logging import configure_logging
 from supervisor.strategy import ChildSpec, Strategy
 from supervisor.system import ActorSystem
@@ -100,11 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     sup.add_argument("--crash-every", type=int, default=250)
     sup.add_argument("--json", action="store_true", help="print the summary as JSON")
     sup.set_defaults(run=_supervision_demo)
-    demo = sub.add_parser("demo", help="run the demo workload")
-    demo.add_argument("--messages", type=int, default=1000)
-    demo.add_argument("--crash-every", type=int, default=250)
-    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
-    demo.set_defaults(run=_supervision_demo)
+    add_demo_parser(sub)
     return parser
 
 

@@ -22,6 +22,7 @@ from actors.base import Actor
 from actors.cell import ActorRef, Cell, CellState, Directive, EscalationSignal
 from actors.dead_letters import DeadLetterOffice
 from actors.timers import TimerService
+from messages.pipeline import ReportUnresponsive
 from messages.supervision import ChildFailed, ChildRestarted, ChildStopped
 from supervisor.strategy import (
     ChildSpec,
@@ -139,6 +140,8 @@ class Supervisor(Actor):
             self._restart_now(message.names, message.reason)
         elif isinstance(message, StopChild):
             self._remove(message.name, message.reason)
+        elif isinstance(message, ReportUnresponsive):
+            self._unresponsive(message)
         else:
             raise TypeError(f"supervisor {self.state.name} got {type(message).__name__}")
         return None
@@ -239,6 +242,15 @@ class Supervisor(Actor):
             return
         cell.stop(spec.shutdown_timeout_s, reason)
         state.runtime.unregister(name)
+
+    def _unresponsive(self, report: ReportUnresponsive) -> None:
+        """The health monitor saw a child make no progress: replace it as a hung child."""
+        cell = self.state.children.get(report.child)
+        since = cell.busy_since if cell is not None else None
+        if cell is None or since is None:
+            return  # gone, or it went idle meanwhile: nothing hangs any more
+        _log.warning("supervisor.child_unresponsive", child=report.child, busy_s=report.busy_s)
+        cell.report_hung(report.busy_s, since)
 
     def _stop_children(self, reason: str) -> None:
         state = self.state

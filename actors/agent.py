@@ -1,0 +1,489 @@
+"""Agent executors: one actor per registered agent, running its handler.
+
+A sync handler runs on the agent's thread pool (``max_concurrency`` threads); an async
+handler runs on the agent's own event loop thread. Either way the executor actor never
+blocks: each attempt reports back with a :class:`~messages.pipeline.Finished` message, and
+the executor records the outcome, releases the slot at the router and hands failures to
+the retry scheduler, all in batches.
+
+Crash safety: the :class:`AgentState` box outlives a crashed incarnation. The new
+incarnation sends every attempt that was running back to the queue with its attempt
+counted (``requeue_now``); a late result of such an attempt is discarded as a zombie.
+When the agent stops for good (deregistered), it does the same with what it still holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from actors.base import Actor
+from actors.cell import ActorRef
+from actors.pipeline import Wiring
+from messages.base import freeze_json, thaw_json
+from messages.errors import PermanentError
+from messages.pipeline import (
+    AgentOutcome,
+    Assign,
+    CancelTask,
+    Finished,
+    InjectCrash,
+    Outcomes,
+    Persist,
+    Released,
+    RetryTask,
+    TimeoutCheck,
+)
+from messages.task import AgentSpec, Attempt, TaskRecord, TaskState
+
+__all__ = ["AgentExecutor", "AgentState", "TaskContext"]
+
+_ERROR_LIMIT = 2000
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a handler gets: ``def handler(task: TaskContext) -> result``.
+
+    ``payload`` is a plain (mutable, private) copy of the task's JSON payload. A long
+    handler should poll :meth:`is_cancelled` and return early when it is set (the task
+    was cancelled or timed out; cancellation is cooperative for sync handlers).
+    """
+
+    task_id: uuid.UUID
+    type: str
+    payload: Any
+    attempt: int
+    agent_id: str
+    idempotency_key: str | None = None
+    deadline: datetime | None = None
+    trace_context: dict[str, str] = field(default_factory=dict)
+    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def is_cancelled(self) -> bool:
+        """True once the attempt was cancelled or timed out."""
+        return self._cancelled.is_set()
+
+
+@dataclass
+class _Run:
+    record: TaskRecord  # RUNNING
+    started: float  # monotonic
+    context: TaskContext
+    future: Future[Any] | None = None
+    timer: int | None = None
+
+
+@dataclass
+class AgentState:
+    """Survives restarts of the executor: the attempts running and the workers."""
+
+    spec: AgentSpec
+    handler: Callable[[TaskContext], Any]
+    running: dict[uuid.UUID, _Run] = field(default_factory=dict)
+    pool: ThreadPoolExecutor | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    loop_thread: threading.Thread | None = None
+    completed: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    cancelled: int = 0
+    zombies: int = 0
+    requeued: int = 0
+
+    @property
+    def is_async(self) -> bool:
+        """True for a coroutine-function handler (run on the agent's event loop)."""
+        return inspect.iscoroutinefunction(self.handler)
+
+    def start_workers(self) -> None:
+        """Create the pool or the loop thread (once; they outlive restarts)."""
+        if self.is_async:
+            if self.loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name=f"agent-{self.spec.agent_id}-loop", daemon=True
+                )
+                thread.start()
+                self.loop, self.loop_thread = loop, thread
+        elif self.pool is None:
+            self.pool = ThreadPoolExecutor(
+                self.spec.max_concurrency, thread_name_prefix=f"agent-{self.spec.agent_id}"
+            )
+
+    def stop_workers(self) -> None:
+        """Stop the pool / loop without waiting for running handlers."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@dataclass
+class _Out:
+    """What one batch produces, sent at its end (one message per peer)."""
+
+    persist: list[TaskRecord] = field(default_factory=list)
+    retry: list[tuple[TaskRecord, bool, str]] = field(default_factory=list)
+    requeue: list[tuple[TaskRecord, str]] = field(default_factory=list)
+    released: list[tuple[uuid.UUID, str, bool, float]] = field(default_factory=list)
+    outcomes: list[AgentOutcome] = field(default_factory=list)
+
+
+class AgentExecutor(Actor):
+    """Runs assigned tasks on its agent's handler."""
+
+    def __init__(self, state: AgentState, wiring: Wiring, batch_limit: int = 256) -> None:
+        self.state = state
+        self.wiring = wiring
+        self.batch_limit = batch_limit
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def on_start(self) -> None:
+        self.state.start_workers()
+        if self.state.running:
+            # The previous incarnation crashed with attempts in flight.
+            out = _Out()
+            self._abandon_all("agent crashed", "AgentCrashed", out)
+            self._flush(out)
+
+    def pre_restart(self, reason: BaseException | None) -> None:
+        """Keep workers and running attempts for the next incarnation (see on_start)."""
+
+    def post_stop(self) -> None:
+        out = _Out()
+        self._abandon_all("agent stopped", "AgentStopped", out)
+        self._flush(out)
+        self.state.stop_workers()
+
+    def statistics(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            "running": len(state.running),
+            "completed": state.completed,
+            "failed": state.failed,
+            "timed_out": state.timed_out,
+            "cancelled": state.cancelled,
+            "zombie_results": state.zombies,
+            "requeued": state.requeued,
+        }
+
+    # -- messages -------------------------------------------------------------------------
+    def receive(self, message: Any) -> Any:
+        if isinstance(message, InjectCrash):
+            raise RuntimeError(message.reason)
+        out = _Out()
+        answer = self._handle(message, out)
+        for item in self.context.take_pending(self.batch_limit):
+            if isinstance(item.message, InjectCrash):
+                # Crash on its own turn, not in the middle of a batch already taken.
+                self.context.self_ref.tell(item.message)
+                continue
+            item.reply(self._handle(item.message, out))
+        self._flush(out)
+        return answer
+
+    def _handle(self, message: Any, out: _Out) -> Any:
+        if isinstance(message, Finished):
+            self._finished(message, out)
+        elif isinstance(message, Assign):
+            self._assign(message, out)
+        elif isinstance(message, TimeoutCheck):
+            self._timed_out(message, out)
+        elif isinstance(message, CancelTask):
+            return self._cancel(message.task_id, out)
+        else:
+            raise TypeError(f"agent got {type(message).__name__}")
+        return None
+
+    def _assign(self, message: Assign, out: _Out) -> None:
+        state = self.state
+        clock = self.wiring.clock
+        now = clock.now()
+        mono = clock.monotonic()
+        ref = self.context.self_ref
+        hub = self.wiring.hub
+        agent_id = state.spec.agent_id
+        for record in message.records:
+            if record.task_id in state.running:
+                continue  # a redelivered Assign
+            running = record.moved(TaskState.RUNNING, at=now, attempt=record.attempt + 1)
+            spec = running.spec
+            context = TaskContext(
+                task_id=running.task_id,
+                type=spec.type,
+                payload=thaw_json(spec.payload),
+                attempt=running.attempt,
+                agent_id=agent_id,
+                idempotency_key=spec.idempotency_key,
+                deadline=spec.deadline,
+                trace_context=dict(spec.trace_context),
+            )
+            run = _Run(running, mono, context)
+            state.running[running.task_id] = run
+            out.persist.append(running)
+            if hub.active:
+                hub.publish(
+                    "task.started", running.task_id, agent_id=agent_id, attempt=running.attempt
+                )
+            run.future = self._launch(context, ref)
+            if spec.timeout_s is not None:
+                check = TimeoutCheck.model_construct(
+                    task_id=running.task_id, attempt=running.attempt
+                )
+                run.timer = self.wiring.timers.call_later(
+                    spec.timeout_s, functools.partial(ref.tell, check)
+                )
+
+    def _launch(self, context: TaskContext, ref: ActorRef) -> Future[Any]:
+        state = self.state
+        clock = self.wiring.clock
+        if state.is_async:
+            assert state.loop is not None
+            future: Future[Any] = asyncio.run_coroutine_threadsafe(
+                state.handler(context), state.loop
+            )
+        else:
+            assert state.pool is not None
+            future = state.pool.submit(state.handler, context)
+
+        def done(fut: Future[Any]) -> None:
+            ref.tell(_finished_message(context, fut, clock.monotonic()))
+
+        future.add_done_callback(done)
+        return future
+
+    def _finished(self, message: Finished, out: _Out) -> None:
+        state = self.state
+        run = state.running.get(message.task_id)
+        if run is None or run.record.attempt != message.attempt:
+            state.zombies += 1  # timed out, cancelled or requeued while it ran
+            return
+        del state.running[message.task_id]
+        if run.timer is not None:
+            self.wiring.timers.cancel(run.timer)
+        clock = self.wiring.clock
+        now = clock.now()
+        record = run.record
+        latency_ms = max(0.0, (message.ended - run.started) * 1000.0)
+        agent_id = state.spec.agent_id
+        attempt = Attempt.model_construct(
+            number=record.attempt,
+            agent_id=agent_id,
+            started_at=record.updated_at,
+            ended_at=now,
+            outcome="completed" if message.ok else "failed",
+            error=message.error,
+        )
+        hub = self.wiring.hub
+        if message.ok:
+            done = record.moved(
+                TaskState.COMPLETED,
+                at=now,
+                result=message.result,
+                last_error=None,
+                history=(*record.history, attempt),
+            )
+            out.persist.append(done)
+            state.completed += 1
+            if hub.active:
+                hub.publish(
+                    "task.completed", record.task_id, agent_id=agent_id, latency_ms=latency_ms
+                )
+        else:
+            failed = record.moved(
+                TaskState.FAILED,
+                at=now,
+                last_error=message.error,
+                history=(*record.history, attempt),
+            )
+            out.retry.append((failed, message.permanent, message.error_type or "Exception"))
+            state.failed += 1
+            if hub.active:
+                hub.publish(
+                    "task.failed",
+                    record.task_id,
+                    agent_id=agent_id,
+                    attempt=record.attempt,
+                    error=message.error,
+                )
+        out.released.append((record.task_id, record.spec.type, message.ok, latency_ms))
+        end_to_end = (now - record.created_at).total_seconds() * 1000.0
+        out.outcomes.append(
+            AgentOutcome.model_construct(
+                agent_id=agent_id,
+                task_type=record.spec.type,
+                success=message.ok,
+                latency_ms=latency_ms,
+                end_to_end_ms=end_to_end if message.ok else None,
+            )
+        )
+
+    def _timed_out(self, message: TimeoutCheck, out: _Out) -> None:
+        state = self.state
+        run = state.running.get(message.task_id)
+        if run is None or run.record.attempt != message.attempt:
+            return  # it finished in time
+        del state.running[message.task_id]
+        self._stop_attempt(run)
+        now = self.wiring.clock.now()
+        record = run.record
+        timeout_s = record.spec.timeout_s
+        error = f"TaskTimeout: attempt {record.attempt} ran longer than {timeout_s}s"
+        attempt = Attempt.model_construct(
+            number=record.attempt,
+            agent_id=state.spec.agent_id,
+            started_at=record.updated_at,
+            ended_at=now,
+            outcome="timed_out",
+            error=error,
+        )
+        timed_out = record.moved(
+            TaskState.TIMED_OUT, at=now, last_error=error, history=(*record.history, attempt)
+        )
+        state.timed_out += 1
+        out.retry.append((timed_out, False, "TaskTimeout"))
+        latency_ms = (timeout_s or 0.0) * 1000.0
+        out.released.append((record.task_id, record.spec.type, False, latency_ms))
+        if self.wiring.hub.active:
+            self.wiring.hub.publish("task.timed_out", record.task_id, timeout_s=timeout_s)
+
+    def _cancel(self, task_id: uuid.UUID, out: _Out) -> bool:
+        state = self.state
+        run = state.running.pop(task_id, None)
+        if run is None:
+            return False
+        self._stop_attempt(run)
+        cancelled = run.record.moved(TaskState.CANCELLED, at=self.wiring.clock.now())
+        out.persist.append(cancelled)
+        out.released.append((task_id, run.record.spec.type, False, 0.0))
+        state.cancelled += 1
+        if self.wiring.hub.active:
+            self.wiring.hub.publish("task.cancelled", task_id, where="agent")
+        return True
+
+    def _stop_attempt(self, run: _Run) -> None:
+        run.context._cancelled.set()
+        if run.future is not None:
+            run.future.cancel()  # stops an async handler; a sync one sees is_cancelled()
+        if run.timer is not None:
+            self.wiring.timers.cancel(run.timer)
+
+    def _abandon_all(self, why: str, error_type: str, out: _Out) -> None:
+        """Give every running attempt back (attempt counted), e.g. after a crash."""
+        state = self.state
+        now = self.wiring.clock.now()
+        for task_id, run in list(state.running.items()):
+            del state.running[task_id]
+            self._stop_attempt(run)
+            record = run.record
+            error = f"{error_type}: {why} during attempt {record.attempt}"
+            attempt = Attempt.model_construct(
+                number=record.attempt,
+                agent_id=state.spec.agent_id,
+                started_at=record.updated_at,
+                ended_at=now,
+                outcome="abandoned",
+                error=error,
+            )
+            failed = record.moved(
+                TaskState.FAILED, at=now, last_error=error, history=(*record.history, attempt)
+            )
+            out.requeue.append((failed, error_type))
+            out.released.append((task_id, record.spec.type, False, 0.0))
+            state.requeued += 1
+        if out.requeue:
+            self.context.log.warning(
+                "agent.attempts_requeued",
+                agent_id=state.spec.agent_id,
+                reason=why,
+                tasks=len(out.requeue),
+            )
+
+    def _flush(self, out: _Out) -> None:
+        peers = self.wiring.peers
+        agent_id = self.state.spec.agent_id
+        if out.persist:
+            peers.get("journal").tell(
+                Persist.model_construct(records=tuple(out.persist), redelivered=False)
+            )
+        if out.retry:
+            peers.get("retry").tell(
+                RetryTask.model_construct(
+                    records=tuple(r for r, _, _ in out.retry),
+                    permanent=tuple(p for _, p, _ in out.retry),
+                    error_types=tuple(e for _, _, e in out.retry),
+                    requeue_now=False,
+                    redelivered=False,
+                )
+            )
+        if out.requeue:
+            peers.get("retry").tell(
+                RetryTask.model_construct(
+                    records=tuple(r for r, _ in out.requeue),
+                    permanent=tuple(False for _ in out.requeue),
+                    error_types=tuple(e for _, e in out.requeue),
+                    requeue_now=True,
+                    redelivered=False,
+                )
+            )
+        if out.released:
+            peers.get("router").tell(
+                Released.model_construct(agent_id=agent_id, outcomes=tuple(out.released))
+            )
+        if out.outcomes:
+            peers.get("performance").tell(Outcomes.model_construct(items=tuple(out.outcomes)))
+
+
+def _finished_message(context: TaskContext, future: Future[Any], ended: float) -> Finished:
+    """On the handler's thread: turn the attempt's future into a Finished message."""
+    if future.cancelled():
+        return Finished.model_construct(
+            task_id=context.task_id,
+            attempt=context.attempt,
+            ok=False,
+            result=None,
+            error="CancelledError: attempt cancelled",
+            error_type="CancelledError",
+            permanent=False,
+            ended=ended,
+        )
+    exc = future.exception()
+    if exc is None:
+        try:
+            result = freeze_json(future.result())
+        except ValueError as bad:
+            exc = InvalidResult(f"handler result is not JSON: {bad}")
+        else:
+            return Finished.model_construct(
+                task_id=context.task_id,
+                attempt=context.attempt,
+                ok=True,
+                result=result,
+                error=None,
+                error_type=None,
+                permanent=False,
+                ended=ended,
+            )
+    return Finished.model_construct(
+        task_id=context.task_id,
+        attempt=context.attempt,
+        ok=False,
+        result=None,
+        error=f"{type(exc).__name__}: {exc}"[:_ERROR_LIMIT],
+        error_type=type(exc).__name__,
+        permanent=isinstance(exc, PermanentError),
+        ended=ended,
+    )
+
+
+class InvalidResult(PermanentError):
+    """A handler returned something that is not JSON (retrying would not help)."""

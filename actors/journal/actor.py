@@ -1,0 +1,171 @@
+"""The journal actor: the one thread that writes the task store.
+
+Every state change of every task goes through it as ``Append`` (new tasks, from
+``submit``) or ``Persist`` (new versions, from the other actors). It takes whatever else
+waits in its mailbox (up to ``batch_limit`` messages) and writes it all in ONE transaction
+(group commit), so many submits share one fsync. Only after the commit does it answer the
+submitters, hand new tasks to the queue and wake the waiters of finished tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.base import Actor
+from actors.cell import Pending
+from actors.journal.store import TaskStore
+from actors.pipeline import Clock, EventHub, Peers, ResultWaiters
+from messages.errors import InvalidTransition
+from messages.pipeline import Append, Enqueue, InjectCrash, Persist, RequeueDeadLetters, Sync
+from messages.task import TaskRecord, TaskState
+
+__all__ = ["JournalActor", "JournalState"]
+
+
+@dataclass
+class JournalState:
+    """Survives restarts of the journal actor: the open store and counters."""
+
+    store: TaskStore
+    commits: int = 0
+    records_written: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class JournalActor(Actor):
+    """Owns the store; group-commits batches of writes."""
+
+    def __init__(
+        self,
+        state: JournalState,
+        peers: Peers,
+        waiters: ResultWaiters,
+        hub: EventHub,
+        clock: Clock,
+        batch_limit: int = 512,
+        on_terminal: Callable[[TaskRecord], None] | None = None,
+    ) -> None:
+        self.state = state
+        self.peers = peers
+        self.waiters = waiters
+        self.hub = hub
+        self.clock = clock
+        self.batch_limit = batch_limit
+        self.on_terminal = on_terminal
+
+    def receive(self, message: Any) -> Any:
+        if isinstance(message, Append | Persist):
+            return self._write(message)
+        if isinstance(message, RequeueDeadLetters):
+            return self._requeue_dead(message)
+        if isinstance(message, Sync):
+            return None
+        if isinstance(message, InjectCrash):
+            raise RuntimeError(message.reason)
+        raise TypeError(f"journal got {type(message).__name__}")
+
+    def statistics(self) -> dict[str, Any]:
+        sizes = self.state.batch_sizes[-1000:]
+        return {
+            "commits": self.state.commits,
+            "records_written": self.state.records_written,
+            "mean_batch": round(sum(sizes) / len(sizes), 2) if sizes else 0.0,
+            "store": self.state.store.url,
+        }
+
+    # ------------------------------------------------------------------
+    def _write(self, first: Append | Persist) -> Any:
+        pending = self.context.take_pending(self.batch_limit)
+        appends: list[tuple[Append, Pending | None]] = []
+        persists: list[Persist] = []
+        others: list[Pending] = []
+        for item in [None, *pending]:
+            message = first if item is None else item.message
+            if isinstance(message, Append):
+                appends.append((message, item))
+            elif isinstance(message, Persist):
+                persists.append(message)
+            else:
+                others.append(item)  # type: ignore[arg-type]
+        inserts = [record for append, _ in appends for record in append.records]
+        updates = [record for persist in persists for record in persist.records]
+        stored = self.state.store.apply(inserts, updates)
+        self.state.commits += 1
+        self.state.records_written += len(inserts) + len(updates)
+        self.state.batch_sizes.append(1 + len(pending))
+        del self.state.batch_sizes[:-1000]
+
+        # Answer each submitter with its slice of the stored records; queue the new ones.
+        fresh: list[TaskRecord] = []
+        offset = 0
+        answer_first: Any = None
+        for append, item in appends:
+            mine = stored[offset : offset + len(append.records)]
+            offset += len(append.records)
+            fresh.extend(
+                s for s, r in zip(mine, append.records, strict=True) if s.task_id == r.task_id
+            )
+            if item is None:
+                answer_first = tuple(mine)
+            else:
+                item.reply(tuple(mine))
+        if fresh:
+            if self.hub.active:
+                for record in fresh:
+                    self.hub.publish("task.submitted", record.task_id, type=record.spec.type)
+            self.peers.get("queue").tell(
+                Enqueue.model_construct(records=tuple(fresh), admitted=True, redelivered=False)
+            )
+        for record in updates:
+            if record.state in (TaskState.COMPLETED, TaskState.CANCELLED, TaskState.DEAD_LETTERED):
+                self.waiters.resolve(record)
+                if self.on_terminal is not None:
+                    self.on_terminal(record)
+        for item in others:
+            if isinstance(item.message, InjectCrash):
+                # Crash on its own turn, not in the middle of a batch already written.
+                self.context.self_ref.tell(item.message)
+                continue
+            # Not a write (a query or control message that arrived in the batch): handle
+            # it now, in order after the writes before it.
+            try:
+                item.reply(self.receive(item.message))
+            except Exception as exc:
+                item.fail(exc)
+                raise
+        return answer_first
+
+    def _requeue_dead(self, message: RequeueDeadLetters) -> tuple[TaskRecord, ...]:
+        store = self.state.store
+        if message.all:
+            dead = store.dead_letters(limit=1_000_000)
+        else:
+            found = (store.get(task_id) for task_id in message.task_ids)
+            dead = [r for r in found if r is not None and r.state is TaskState.DEAD_LETTERED]
+        now = self.clock.now()
+        requeued = []
+        for record in dead:
+            try:
+                requeued.append(
+                    record.moved(
+                        TaskState.QUEUED,
+                        at=now,
+                        manual=True,
+                        attempt=0,
+                        next_attempt_at=None,
+                        agent_id=None,
+                    )
+                )
+            except InvalidTransition:
+                continue
+        if requeued:
+            store.apply((), requeued)
+            self.state.commits += 1
+            self.peers.get("queue").tell(
+                Enqueue.model_construct(records=tuple(requeued), admitted=False, redelivered=False)
+            )
+            for record in requeued:
+                self.hub.publish("task.queued", record.task_id, reason="dead_letter_requeued")
+        return tuple(requeued)

@@ -1,0 +1,246 @@
+"""What the pipeline actors share by construction: peer references, the clock, and the
+three synchronisation objects at the host boundary.
+
+Actors share no mutable state. The objects here are the exceptions the boundary needs,
+each a synchronisation primitive rather than data an actor computes with:
+
+* :class:`Admission` — queue capacity as credits (a semaphore): ``submit`` takes one per
+  task (raising ``QueueFull`` or blocking, as configured) and the queue gives it back when
+  the task leaves the queue. Backpressure without asking the queue actor on every submit.
+* :class:`ResultWaiters` — futures that ``TaskHandle.result()`` waits on; the journal
+  resolves them when it records a terminal state.
+* :class:`EventHub` — lifecycle event subscribers; actors publish only when someone listens.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+
+from actors.cell import ActorRef
+from actors.timers import TimerService
+from messages.base import FrozenDict
+from messages.errors import QueueFull
+from messages.events import LifecycleEvent
+from messages.pipeline import Tick
+from messages.task import TaskRecord
+
+__all__ = [
+    "Admission",
+    "Clock",
+    "EventHub",
+    "Peers",
+    "ResultWaiters",
+    "SystemClock",
+    "TickTimer",
+    "Wiring",
+]
+
+_log = structlog.get_logger("arbiter.events")
+
+
+class Clock(Protocol):
+    """Time as the actors see it (injected, so tests can control it)."""
+
+    def monotonic(self) -> float:
+        """Seconds on a monotonic clock."""
+
+    def now(self) -> datetime:
+        """Wall-clock time, timezone-aware UTC."""
+
+
+class SystemClock:
+    """The real clock."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+@dataclass
+class Peers:
+    """References of the pipeline actors, filled in once while the runner starts, before
+    any task flows, and only read afterwards. Refs stay valid across restarts."""
+
+    journal: ActorRef | None = None
+    events: ActorRef | None = None
+    registry: ActorRef | None = None
+    performance: ActorRef | None = None
+    health: ActorRef | None = None
+    retry: ActorRef | None = None
+    queue: ActorRef | None = None
+    router: ActorRef | None = None
+    agents: ActorRef | None = None  # the agents' supervisor
+
+    def get(self, name: str) -> ActorRef:
+        """The reference of a peer; raises if the runner is not wired yet."""
+        ref = getattr(self, name)
+        if ref is None:
+            raise RuntimeError(f"peer {name!r} is not started")
+        return ref  # type: ignore[no-any-return]
+
+
+class Admission:
+    """Credits for queue capacity: one per task between submit and leaving the queue."""
+
+    def __init__(self, capacity: int, block_timeout_s: float | None) -> None:
+        self.capacity = capacity
+        self.block_timeout_s = block_timeout_s
+        self._credits = threading.Semaphore(capacity)
+        self._lock = threading.Lock()
+        self._held = 0
+
+    def acquire(self, count: int) -> None:
+        """Take ``count`` credits or raise QueueFull (after blocking, if configured)."""
+        taken = 0
+        deadline = None if self.block_timeout_s is None else time.monotonic() + self.block_timeout_s
+        try:
+            while taken < count:
+                if deadline is None:
+                    ok = self._credits.acquire(blocking=False)
+                else:
+                    ok = self._credits.acquire(timeout=max(0.0, deadline - time.monotonic()))
+                if not ok:
+                    raise QueueFull(
+                        f"queue is full ({self.capacity} tasks); retry later"
+                        + (f" (waited {self.block_timeout_s}s)" if deadline is not None else "")
+                    )
+                taken += 1
+        except QueueFull:
+            for _ in range(taken):
+                self._credits.release()
+            raise
+        with self._lock:
+            self._held += count
+
+    def release(self, count: int) -> None:
+        """Give back ``count`` credits (tasks left the queue, or were duplicates)."""
+        if count <= 0:
+            return
+        with self._lock:
+            count = min(count, self._held)
+            self._held -= count
+        for _ in range(count):
+            self._credits.release()
+
+    @property
+    def in_use(self) -> int:
+        """Credits currently held (tasks admitted and not yet out of the queue)."""
+        return self._held
+
+
+class ResultWaiters:
+    """Futures for ``TaskHandle.result()``, resolved by the journal on terminal states."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[uuid.UUID, list[Callable[[TaskRecord], None]]] = {}
+
+    def add(self, task_id: uuid.UUID, callback: Callable[[TaskRecord], None]) -> None:
+        """Call ``callback(record)`` when ``task_id`` reaches a terminal state."""
+        with self._lock:
+            self._waiting.setdefault(task_id, []).append(callback)
+
+    def discard(self, task_id: uuid.UUID, callback: Callable[[TaskRecord], None]) -> None:
+        """Stop waiting (the waiter gave up)."""
+        with self._lock:
+            callbacks = self._waiting.get(task_id)
+            if callbacks and callback in callbacks:
+                callbacks.remove(callback)
+                if not callbacks:
+                    del self._waiting[task_id]
+
+    def resolve(self, record: TaskRecord) -> None:
+        """Wake whoever waits for this (terminal) record."""
+        if not self._waiting:  # unlocked fast path: nobody waits at all
+            return
+        with self._lock:
+            callbacks = self._waiting.pop(record.task_id, None)
+        for callback in callbacks or ():
+            callback(record)
+
+
+@dataclass
+class EventHub:
+    """Lifecycle event subscribers. ``publish`` is cheap when nobody subscribed."""
+
+    clock: Clock = field(default_factory=SystemClock)
+    _subscribers: list[Callable[[LifecycleEvent], None]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    sink: ActorRef | None = None  # the events actor, which calls subscribers on its thread
+
+    @property
+    def active(self) -> bool:
+        """True when at least one subscriber listens."""
+        return bool(self._subscribers)
+
+    def subscribe(self, callback: Callable[[LifecycleEvent], None]) -> Callable[[], None]:
+        """Add a subscriber; returns a function that removes it."""
+        with self._lock:
+            self._subscribers = [*self._subscribers, callback]
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscribers = [s for s in self._subscribers if s is not callback]
+
+        return unsubscribe
+
+    def subscribers(self) -> list[Callable[[LifecycleEvent], None]]:
+        """The current subscribers (a snapshot)."""
+        return self._subscribers
+
+    def publish(self, name: str, task_id: uuid.UUID | None = None, **data: Any) -> None:
+        """Emit one lifecycle event (to the events actor) if anyone listens."""
+        if not self._subscribers or self.sink is None:
+            return
+        event = LifecycleEvent.model_construct(
+            name=name, at=self.clock.now(), task_id=task_id, data=FrozenDict(data)
+        )
+        self.sink.tell(event)
+
+
+@dataclass
+class Wiring:
+    """Everything a pipeline actor is built with, besides its own state box."""
+
+    peers: Peers
+    clock: Clock
+    hub: EventHub
+    timers: TimerService
+    waiters: ResultWaiters
+    admission: Admission
+
+
+class TickTimer:
+    """At most one pending timer per actor: ``arm(due)`` asks the timer service to tell
+    the actor a :class:`~messages.pipeline.Tick` at monotonic time ``due``, unless a tick
+    is already armed for that time or earlier. Lives in the actor's state box, so a
+    restarted incarnation does not arm a second timer for the same due time."""
+
+    def __init__(self) -> None:
+        self.due: float | None = None
+        self.handle: int | None = None
+
+    def arm(self, timers: TimerService, ref: ActorRef, due: float, now: float) -> None:
+        """Make sure ``ref`` gets a Tick no later than ``due``."""
+        if self.due is not None and self.due <= due:
+            return
+        if self.handle is not None:
+            timers.cancel(self.handle)
+        self.due = due
+        tick = Tick.model_construct(at=due)
+        self.handle = timers.call_later(max(0.0, due - now), lambda: ref.tell(tick))
+
+    def fired(self) -> None:
+        """The armed tick arrived (call first thing on Tick)."""
+        self.due = None
+        self.handle = None

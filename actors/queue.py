@@ -1,0 +1,178 @@
+"""The queue actor: pending tasks in priority/FIFO order, handed to the router on demand.
+
+The router tells the queue how many free slots each kind of agent has (``Demand``); the
+queue sends at most that many tasks (``TasksReady``), so it never floods a mailbox. Host
+backpressure is the :class:`~actors.pipeline.Admission` semaphore: a fresh task holds a
+credit from ``submit`` until it leaves the queue, and the queue gives it back.
+
+The :class:`QueueState` box outlives a crashed incarnation, so a restart loses no task.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.base import Actor
+from actors.core.queue import RoutingKey, TaskQueueCore, routing_key
+from actors.pipeline import TickTimer, Wiring
+from messages.pipeline import CancelTask, Demand, Enqueue, InjectCrash, Persist, TasksReady, Tick
+from messages.task import TaskRecord, TaskState
+
+__all__ = ["QueueActor", "QueueState"]
+
+
+@dataclass
+class QueueState:
+    """Survives restarts: the pending tasks, credits held and the router's last demand."""
+
+    core: TaskQueueCore = field(default_factory=lambda: TaskQueueCore(sys.maxsize))
+    credited: set[uuid.UUID] = field(default_factory=set)
+    demand: list[list[Any]] = field(default_factory=list)  # [[capabilities, free], ...]
+    known_capabilities: tuple[frozenset[str], ...] = ()
+    timer: TickTimer = field(default_factory=TickTimer)
+    expired: int = 0
+    cancelled: int = 0
+    dispatched: int = 0
+
+
+class QueueActor(Actor):
+    """Holds queued tasks; dispatches them to the router as agents have free slots."""
+
+    def __init__(self, state: QueueState, wiring: Wiring) -> None:
+        self.state = state
+        self.wiring = wiring
+
+    def on_start(self) -> None:
+        # A restarted queue may have tasks and demand waiting: carry on dispatching.
+        self._dispatch()
+        self._arm_deadline()
+
+    def receive(self, message: Any) -> Any:
+        if isinstance(message, Enqueue):
+            self._enqueue(message)
+        elif isinstance(message, Demand):
+            self.state.demand = [[caps, free] for caps, free in message.slots]
+            self.state.known_capabilities = tuple(caps for caps, _ in message.slots)
+            self._dispatch()
+        elif isinstance(message, Tick):
+            self.state.timer.fired()
+            self._expire()
+        elif isinstance(message, CancelTask):
+            return self._cancel(message.task_id)
+        elif isinstance(message, InjectCrash):
+            raise RuntimeError(message.reason)
+        else:
+            raise TypeError(f"queue got {type(message).__name__}")
+        return None
+
+    def statistics(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            "depth": len(state.core),
+            "credited": len(state.credited),
+            "dispatched": state.dispatched,
+            "expired": state.expired,
+            "cancelled": state.cancelled,
+        }
+
+    # ------------------------------------------------------------------
+    def _enqueue(self, message: Enqueue) -> None:
+        state = self.state
+        core = state.core
+        hub = self.wiring.hub
+        for record in message.records:
+            if record.task_id in core:
+                continue  # a redelivered message: this task is queued already
+            core.push(record)
+            if message.admitted:
+                state.credited.add(record.task_id)
+            if hub.active:
+                hub.publish("task.queued", record.task_id, priority=record.spec.priority)
+        self._dispatch()
+        self._arm_deadline()
+
+    def _dispatch(self) -> None:
+        state = self.state
+        core = state.core
+        if not len(core) or not state.demand:
+            return
+        ready: list[TaskRecord] = []
+        for slot in state.demand:
+            capabilities, free = slot
+            if free <= 0:
+                continue
+            taken = core.take(free, capabilities.issuperset)
+            slot[1] = free - len(taken)
+            ready.extend(taken)
+            if not len(core):
+                break
+        if not ready:
+            return
+        state.dispatched += len(ready)
+        self._release_credits(ready)
+        self.wiring.peers.get("router").tell(
+            TasksReady.model_construct(
+                records=tuple(ready), ready_at=self.wiring.clock.monotonic(), redelivered=False
+            )
+        )
+
+    def _release_credits(self, records: list[TaskRecord]) -> None:
+        credited = self.state.credited
+        released = 0
+        for record in records:
+            if record.task_id in credited:
+                credited.discard(record.task_id)
+                released += 1
+        self.wiring.admission.release(released)
+
+    def _can_be_served(self, key: RoutingKey) -> bool:
+        return any(key <= caps for caps in self.state.known_capabilities)
+
+    def _expire(self) -> None:
+        state = self.state
+        clock = self.wiring.clock
+        now = clock.now()
+        expired = state.core.expire(now)
+        if expired:
+            dead = []
+            for record in expired:
+                reason = (
+                    "deadline_expired"
+                    if self._can_be_served(routing_key(record))
+                    else "no_capable_agent"
+                )
+                dead.append(record.moved(TaskState.DEAD_LETTERED, at=now, last_error=reason))
+                if self.wiring.hub.active:
+                    self.wiring.hub.publish("task.dead_lettered", record.task_id, reason=reason)
+            state.expired += len(dead)
+            self._release_credits(expired)
+            self.wiring.peers.get("journal").tell(
+                Persist.model_construct(records=tuple(dead), redelivered=False)
+            )
+        self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        deadline = self.state.core.next_deadline()
+        if deadline is None:
+            return
+        clock = self.wiring.clock
+        now = clock.monotonic()
+        due = now + max(0.0, (deadline - clock.now()).total_seconds())
+        self.state.timer.arm(self.wiring.timers, self.context.self_ref, due, now)
+
+    def _cancel(self, task_id: uuid.UUID) -> bool:
+        record = self.state.core.cancel(task_id)
+        if record is None:
+            return False
+        self.state.cancelled += 1
+        self._release_credits([record])
+        cancelled = record.moved(TaskState.CANCELLED, at=self.wiring.clock.now())
+        self.wiring.peers.get("journal").tell(
+            Persist.model_construct(records=(cancelled,), redelivered=False)
+        )
+        if self.wiring.hub.active:
+            self.wiring.hub.publish("task.cancelled", task_id, where="queue")
+        return True

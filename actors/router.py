@@ -1,0 +1,236 @@
+"""The router actor: assigns tasks from the queue to agents, and tells the queue how many
+more it can take.
+
+It keeps its own count of tasks in flight per agent (assigned and not yet released), so
+routing never waits for the registry; the registry sends it the agents themselves
+(``AgentsSnapshot``: capabilities, health, performance, executor refs). Tasks that arrive
+while every capable agent is busy wait in a backlog, routed first as slots free up.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.base import Actor
+from actors.cell import ActorRef
+from actors.core.router import RouterCore, is_eligible, routing_key
+from actors.pipeline import TickTimer, Wiring
+from messages.pipeline import (
+    AgentsSnapshot,
+    Assign,
+    CancelTask,
+    Demand,
+    Enqueue,
+    InjectCrash,
+    Persist,
+    Released,
+    RouteLatencies,
+    TasksReady,
+    Tick,
+)
+from messages.routing import AgentView
+from messages.task import TaskRecord, TaskState
+
+__all__ = ["RouterActor", "RouterState"]
+
+DEMAND_REFRESH_S = 1.0
+"""The router repeats its demand this often while it has free slots (a lost Demand heals)."""
+
+
+@dataclass
+class RouterState:
+    """Survives restarts: the policy core, the agents and what is in flight on each."""
+
+    core: RouterCore
+    views: dict[str, AgentView] = field(default_factory=dict)
+    refs: dict[str, ActorRef] = field(default_factory=dict)
+    inflight: dict[str, set[uuid.UUID]] = field(default_factory=dict)
+    backlog: deque[tuple[TaskRecord, float]] = field(default_factory=deque)
+    timer: TickTimer = field(default_factory=TickTimer)
+    routed: int = 0
+    returned: int = 0
+
+
+class RouterActor(Actor):
+    """Routes ready tasks to agents in batches; one ``Assign`` per agent per batch."""
+
+    def __init__(self, state: RouterState, wiring: Wiring) -> None:
+        self.state = state
+        self.wiring = wiring
+
+    def on_start(self) -> None:
+        self._route_backlog()
+        self._send_demand()
+
+    def receive(self, message: Any) -> Any:
+        if isinstance(message, TasksReady):
+            self.state.backlog.extend((record, message.ready_at) for record in message.records)
+            self._route_backlog()
+        elif isinstance(message, Released):
+            self._released(message)
+        elif isinstance(message, AgentsSnapshot):
+            self._snapshot(message)
+        elif isinstance(message, Tick):
+            self.state.timer.fired()
+            self._send_demand()
+        elif isinstance(message, CancelTask):
+            return self._cancel(message.task_id)
+        elif isinstance(message, InjectCrash):
+            raise RuntimeError(message.reason)
+        else:
+            raise TypeError(f"router got {type(message).__name__}")
+        return None
+
+    def statistics(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            **state.core.statistics(),
+            "backlog": len(state.backlog),
+            "routed": state.routed,
+            "returned_to_queue": state.returned,
+            "load": {agent_id: len(tasks) for agent_id, tasks in sorted(state.inflight.items())},
+        }
+
+    # ------------------------------------------------------------------
+    def _released(self, message: Released) -> None:
+        state = self.state
+        tasks = state.inflight.get(message.agent_id)
+        view = state.views.get(message.agent_id)
+        for task_id, task_type, success, latency_ms in message.outcomes:
+            if tasks is not None:
+                tasks.discard(task_id)
+            state.core.record_outcome(task_type, message.agent_id, success, latency_ms)
+        if view is not None and tasks is not None:
+            state.views[message.agent_id] = view.model_copy(update={"load": len(tasks)})
+        self._route_backlog()
+        self._send_demand()
+
+    def _snapshot(self, message: AgentsSnapshot) -> None:
+        state = self.state
+        new_ids = {view.agent_id for view in message.agents}
+        for gone in set(state.views) - new_ids:
+            # The agent's executor requeues what it held when it stops.
+            state.inflight.pop(gone, None)
+            state.core.forget_agent(gone)
+        state.refs = dict(message.refs)
+        state.views = {
+            view.agent_id: view.model_copy(
+                update={"load": len(state.inflight.setdefault(view.agent_id, set()))}
+            )
+            for view in message.agents
+        }
+        self._route_backlog()
+        self._send_demand()
+
+    def _route_backlog(self) -> None:
+        state = self.state
+        if not state.backlog or not state.views:
+            self._return_unservable()
+            return
+        clock = self.wiring.clock
+        hub = self.wiring.hub
+        core = state.core
+        views = state.views
+        view_list = list(views.values())
+        assigned: dict[str, list[TaskRecord]] = {}
+        latencies: list[float] = []
+        waiting: deque[tuple[TaskRecord, float]] = deque()
+        now = clock.now()
+        for record, ready_at in state.backlog:
+            decision = core.route(record, view_list)
+            if decision is None:
+                waiting.append((record, ready_at))
+                continue
+            agent_id = decision.agent_id
+            tasks = state.inflight.setdefault(agent_id, set())
+            tasks.add(record.task_id)
+            view = views[agent_id]
+            updated = view.model_copy(update={"load": len(tasks)})
+            views[agent_id] = updated
+            view_list[view_list.index(view)] = updated
+            assigned.setdefault(agent_id, []).append(
+                record.moved(TaskState.ASSIGNED, at=now, agent_id=agent_id)
+            )
+            if hub.active:
+                hub.publish(
+                    "task.routed",
+                    record.task_id,
+                    agent_id=agent_id,
+                    strategy=decision.strategy,
+                    score=decision.score,
+                    reason=decision.reason,
+                    alternatives=tuple(
+                        {"agent_id": alt.agent_id, "score": alt.score}
+                        for alt in decision.alternatives
+                    ),
+                )
+            latencies.append(ready_at)
+        state.backlog = waiting
+        if assigned:
+            records = tuple(record for batch in assigned.values() for record in batch)
+            self.wiring.peers.get("journal").tell(
+                Persist.model_construct(records=records, redelivered=False)
+            )
+            for agent_id, batch in assigned.items():
+                state.refs[agent_id].tell(
+                    Assign.model_construct(records=tuple(batch), redelivered=False)
+                )
+            state.routed += len(records)
+            done = clock.monotonic()
+            self.wiring.peers.get("performance").tell(
+                RouteLatencies.model_construct(
+                    values=tuple((done - ready_at) * 1000.0 for ready_at in latencies)
+                )
+            )
+        self._return_unservable()
+
+    def _return_unservable(self) -> None:
+        """Give back to the queue the waiting tasks that no healthy agent could ever take
+        (the agent left, or fell ill): there they wait for one, or for their deadline."""
+        state = self.state
+        if not state.backlog:
+            return
+        views = [view.model_copy(update={"load": 0}) for view in state.views.values()]
+        keep: deque[tuple[TaskRecord, float]] = deque()
+        back: list[TaskRecord] = []
+        for record, ready_at in state.backlog:
+            key = routing_key(record.spec)
+            if any(is_eligible(view, key) for view in views):
+                keep.append((record, ready_at))
+            else:
+                back.append(record)
+        if back:
+            state.backlog = keep
+            state.returned += len(back)
+            self.wiring.peers.get("queue").tell(
+                Enqueue.model_construct(records=tuple(back), admitted=False, redelivered=False)
+            )
+
+    def _send_demand(self) -> None:
+        state = self.state
+        slots = tuple(
+            (view.capabilities, view.free_slots if view.healthy else 0)
+            for view in state.views.values()
+        )
+        # The backlog was routed first, so a slot still free now suits no waiting task.
+        self.wiring.peers.get("queue").tell(Demand.model_construct(slots=slots))
+        if any(free for _, free in slots) or state.backlog:
+            now = self.wiring.clock.monotonic()
+            state.timer.arm(self.wiring.timers, self.context.self_ref, now + DEMAND_REFRESH_S, now)
+
+    def _cancel(self, task_id: uuid.UUID) -> bool:
+        state = self.state
+        for index, (record, _) in enumerate(state.backlog):
+            if record.task_id == task_id:
+                del state.backlog[index]
+                cancelled = record.moved(TaskState.CANCELLED, at=self.wiring.clock.now())
+                self.wiring.peers.get("journal").tell(
+                    Persist.model_construct(records=(cancelled,), redelivered=False)
+                )
+                if self.wiring.hub.active:
+                    self.wiring.hub.publish("task.cancelled", task_id, where="router")
+                return True
+        return False

@@ -1,0 +1,259 @@
+"""The task pipeline's protocol: what queue, router, registry, agents, retry scheduler,
+health monitor, performance tracker and journal tell each other.
+
+Messages built inside the runtime carry data that was validated once at the boundary
+(``TaskRunner.submit``), so actors build them with :meth:`pydantic.BaseModel.model_construct`
+(no second validation on every hop); they are frozen all the same.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from messages.base import Message
+from messages.health import HealthStatus
+from messages.routing import AgentView
+from messages.task import AgentSpec, TaskRecord
+
+__all__ = [
+    "AgentHealth",
+    "AgentOutcome",
+    "AgentsSnapshot",
+    "Append",
+    "Assign",
+    "CancelTask",
+    "CarriesTasks",
+    "Demand",
+    "DeregisterAgent",
+    "Enqueue",
+    "Finished",
+    "GetHealth",
+    "GetPerformance",
+    "InjectCrash",
+    "Outcomes",
+    "PerfUpdate",
+    "Persist",
+    "RegisterAgent",
+    "Released",
+    "ReportUnresponsive",
+    "RequeueDeadLetters",
+    "RetryTask",
+    "RouteLatencies",
+    "Sync",
+    "TasksReady",
+    "Tick",
+    "TimeoutCheck",
+    "Unwatch",
+    "Watch",
+    "construct",
+]
+
+
+class CarriesTasks(Message):
+    """A message that holds task records; if its handler crashes it is redelivered once."""
+
+    redelivered: bool = False
+
+
+class Append(CarriesTasks):
+    """Host -> journal: record new tasks (answered with the stored records, where a
+    duplicate idempotency key gives the existing record)."""
+
+    records: tuple[TaskRecord, ...]
+
+
+class Persist(CarriesTasks):
+    """Any actor -> journal: record new versions of existing tasks."""
+
+    records: tuple[TaskRecord, ...]
+
+
+class Enqueue(CarriesTasks):
+    """Journal / retry -> queue: tasks to queue (state QUEUED). ``admitted``: the tasks
+    hold admission credits (fresh submits), given back when they leave the queue."""
+
+    records: tuple[TaskRecord, ...]
+    admitted: bool = False
+
+
+class Demand(Message):
+    """Router -> queue: the free slots right now, as (capabilities, free slots) pairs.
+
+    Replaces the previous demand; the queue sends at most that many tasks it can serve.
+    """
+
+    slots: tuple[tuple[frozenset[str], int], ...]
+
+
+class TasksReady(CarriesTasks):
+    """Queue -> router: tasks to route (already taken out of the queue)."""
+
+    records: tuple[TaskRecord, ...]
+    ready_at: float = 0.0  # monotonic time they left the queue (routing latency)
+
+
+class Assign(CarriesTasks):
+    """Router -> agent executor: run these tasks (state ASSIGNED)."""
+
+    records: tuple[TaskRecord, ...]
+
+
+class AgentOutcome(Message):
+    """Agent executor -> performance tracker: how one attempt went."""
+
+    agent_id: str
+    task_type: str
+    success: bool
+    latency_ms: float
+    end_to_end_ms: float | None = None
+
+
+class Finished(Message):
+    """A handler's thread -> its agent executor: one attempt ended (or raised)."""
+
+    task_id: uuid.UUID
+    attempt: int
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    permanent: bool = False
+    ended: float = 0.0  # monotonic
+
+
+class TimeoutCheck(Message):
+    """Timer -> agent executor: attempt ``attempt`` of a task has run out of time."""
+
+    task_id: uuid.UUID
+    attempt: int
+
+
+class Released(Message):
+    """Agent executor -> router: tasks that no longer hold a slot on an agent, with the
+    outcome of each (task_id, task_type, success, latency_ms) for the router's learning."""
+
+    agent_id: str
+    outcomes: tuple[tuple[uuid.UUID, str, bool, float], ...]
+
+
+class RetryTask(CarriesTasks):
+    """Agent executor -> retry scheduler: an attempt failed or timed out."""
+
+    records: tuple[TaskRecord, ...]
+    permanent: tuple[bool, ...]
+    error_types: tuple[str, ...]
+    requeue_now: bool = False  # the agent crashed or left: no backoff, attempt counted
+
+
+class CancelTask(Message):
+    """Host -> queue / retry / agent: cancel a task wherever it is."""
+
+    task_id: uuid.UUID
+
+
+class RegisterAgent(Message):
+    """Host -> registry: a new agent (its executor is already running as ``ref``)."""
+
+    spec: AgentSpec
+    ref: Any
+
+
+class DeregisterAgent(Message):
+    """Host -> registry: remove an agent."""
+
+    agent_id: str
+
+
+class AgentsSnapshot(Message):
+    """Registry -> router: the agents as they are now, with their executors' refs."""
+
+    agents: tuple[AgentView, ...]
+    refs: tuple[tuple[str, Any], ...]
+
+
+class RouteLatencies(Message):
+    """Router -> performance tracker: routing+assignment latencies (ms) of a batch."""
+
+    values: tuple[float, ...]
+
+
+class Outcomes(Message):
+    """Agent executor -> performance tracker: a batch of attempt outcomes."""
+
+    items: tuple[AgentOutcome, ...]
+
+
+class GetPerformance(Message):
+    """Ask the performance tracker for its summary."""
+
+
+class GetHealth(Message):
+    """Ask the health monitor for its snapshot."""
+
+
+class Watch(Message):
+    """Host -> health monitor: watch an actor (``critical``: its failure makes the runner
+    UNHEALTHY); ``agent_id`` links an agent executor to its agent."""
+
+    name: str
+    ref: Any
+    supervisor: Any
+    critical: bool = True
+    agent_id: str | None = None
+
+
+class Unwatch(Message):
+    """Host -> health monitor: stop watching an actor."""
+
+    name: str
+
+
+class PerfUpdate(Message):
+    """Performance tracker -> registry: recent performance per agent
+    (agent_id, success_rate, latency_ms, samples)."""
+
+    agents: tuple[tuple[str, float, float, int], ...]
+
+
+class AgentHealth(Message):
+    """Health monitor -> registry: an agent's health changed."""
+
+    agent_id: str
+    status: HealthStatus
+
+
+class ReportUnresponsive(Message):
+    """Health monitor -> supervisor: this actor stopped making progress."""
+
+    child: str
+    busy_s: float
+
+
+class Tick(Message):
+    """A timer went off (sent by an actor to itself through the timer service)."""
+
+    at: float = 0.0
+
+
+class Sync(Message):
+    """Host -> journal: answered once every write sent to the journal before it is stored
+    (a barrier: mailboxes are FIFO)."""
+
+
+class InjectCrash(Message):
+    """Fault injection (``arbiter demo --crash``): the receiving actor raises."""
+
+    reason: str = "injected crash"
+
+
+class RequeueDeadLetters(Message):
+    """Host -> journal: move dead-lettered tasks back to the queue (operator action)."""
+
+    task_ids: tuple[uuid.UUID, ...] = ()
+    all: bool = False
+
+
+def construct(cls: type[Message], **fields: Any) -> Any:
+    """Build a message from already-validated data without validating it again."""
+    return cls.model_construct(**fields)

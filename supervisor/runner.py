@@ -1,0 +1,803 @@
+"""The host API: :class:`TaskRunner`, :class:`RunnerConfig` and :class:`TaskHandle`.
+
+Example::
+
+    from supervisor import TaskRunner, RunnerConfig
+    from messages import TaskSpec, AgentSpec
+
+    with TaskRunner.start(RunnerConfig()) as runner:
+        runner.register_agent(AgentSpec(agent_id="coder-1", capabilities={"code"}), handler)
+        handle = runner.submit(TaskSpec(type="code", payload={"file": "a.py"}, priority=5))
+        print(handle.result(timeout=10))
+
+``TaskRunner.start`` builds the supervision tree (journal, events, performance, health,
+registry, retry, queue, router and the agents' supervisor, in that order, under a
+ONE_FOR_ONE root) and recovers unfinished tasks from the store.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from actors.agent import AgentExecutor, AgentState, TaskContext
+from actors.cell import ActorRef
+from actors.core.health import HealthCore
+from actors.core.retry import RetryPolicy
+from actors.core.router import RouterCore
+from actors.events import EventsActor
+from actors.health import HealthActor, HealthCheck, HealthState, RegisterCheck
+from actors.journal.actor import JournalActor, JournalState
+from actors.journal.store import TaskStore, open_store
+from actors.performance import PerformanceActor, PerformanceState
+from actors.pipeline import Admission, EventHub, Peers, ResultWaiters, SystemClock, Wiring
+from actors.pipeline import Clock as Clock
+from actors.queue import QueueActor, QueueState
+from actors.registry import RegistryActor, RegistryState
+from actors.retry import RetryActor, RetryState
+from actors.router import RouterActor, RouterState
+from messages.base import json_size, thaw_json
+from messages.errors import (
+    ActorStopped,
+    InvalidMessage,
+    PayloadTooLarge,
+    QueueFull,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskTimeout,
+    UnknownAgent,
+    UnknownTask,
+)
+from messages.events import LifecycleEvent
+from messages.health import HealthStatus
+from messages.pipeline import (
+    Append,
+    Assign,
+    CancelTask,
+    CarriesTasks,
+    DeregisterAgent,
+    Enqueue,
+    GetHealth,
+    GetPerformance,
+    InjectCrash,
+    Persist,
+    RegisterAgent,
+    RequeueDeadLetters,
+    RetryTask,
+    Sync,
+    Unwatch,
+    Watch,
+)
+from messages.supervision import ActorStatistics, DeadLetter, GetStatistics
+from messages.task import TERMINAL_STATES, AgentSpec, TaskRecord, TaskSpec, TaskState, new_task_id
+from supervisor.strategy import ChildSpec, Restart, Strategy
+from supervisor.system import ActorSystem
+
+__all__ = ["PIPELINE_ACTORS", "RunnerConfig", "TaskHandle", "TaskRunner"]
+
+_log = structlog.get_logger("arbiter.runner")
+
+PIPELINE_ACTORS = (
+    "journal",
+    "events",
+    "performance",
+    "health",
+    "registry",
+    "retry",
+    "queue",
+    "router",
+)
+"""The pipeline actors, in start order (the agents' supervisor starts after them)."""
+
+Handler = Callable[[TaskContext], Any]
+
+
+class RunnerConfig(BaseModel):
+    """Settings of a :class:`TaskRunner` (all optional)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    store: str = "memory://"
+    runner_id: str = Field(default_factory=lambda: f"runner-{uuid.uuid4().hex[:8]}")
+    queue_capacity: int = Field(default=10_000, ge=1)
+    submit_timeout_s: float | None = Field(default=None, ge=0)
+    """When the queue is full, ``submit`` waits this long for room, then raises QueueFull
+    (None: raise at once)."""
+    max_payload_bytes: int = Field(default=1_048_576, ge=1)
+    routing_strategy: Literal["round_robin", "least_loaded", "performance", "bandit"] = (
+        "least_loaded"
+    )
+    max_attempts: int = Field(default=3, ge=1)
+    backoff_base_s: float = Field(default=1.0, ge=0)
+    backoff_factor: float = Field(default=2.0, ge=1)
+    backoff_cap_s: float = Field(default=30.0, ge=0)
+    non_retryable: frozenset[str] = frozenset()
+    max_restarts: int = Field(default=10, ge=0)
+    within_s: float = Field(default=5.0, gt=0)
+    health_interval_s: float = Field(default=0.5, gt=0)
+    heartbeat_timeout_s: float = Field(default=5.0, gt=0)
+    performance_interval_s: float = Field(default=1.0, gt=0)
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    journal_batch: int = Field(default=512, ge=1)
+    seed: int | None = None
+
+
+class TaskHandle:
+    """A submitted task: its id, its state, its result; cancellable."""
+
+    __slots__ = ("_runner", "task_id")
+
+    def __init__(self, runner: TaskRunner, task_id: uuid.UUID) -> None:
+        self._runner = runner
+        self.task_id = task_id
+
+    def record(self) -> TaskRecord:
+        """The task as stored now (state, attempts, history, result...)."""
+        return self._runner.get(self.task_id)
+
+    def state(self) -> TaskState:
+        """The task's current state."""
+        return self.record().state
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the task to finish and return its result.
+
+        Raises :class:`TaskTimeout` if it does not finish in ``timeout`` seconds,
+        :class:`TaskCancelledError` if it was cancelled and :class:`TaskFailedError`
+        (with the last error) if it was dead-lettered.
+        """
+        record = self._runner.wait(self.task_id, timeout)
+        if record.state is TaskState.COMPLETED:
+            return thaw_json(record.result)
+        if record.state is TaskState.CANCELLED:
+            raise TaskCancelledError(f"task {self.task_id} was cancelled")
+        raise TaskFailedError(f"task {self.task_id} was dead-lettered: {record.last_error}")
+
+    def cancel(self) -> bool:
+        """Cancel the task if it has not finished; True if this call cancelled it."""
+        return self._runner.cancel(self.task_id)
+
+    def __repr__(self) -> str:
+        return f"TaskHandle({self.task_id})"
+
+
+class TaskRunner:
+    """An actor-model task runner inside the host process. Use :meth:`start`."""
+
+    def __init__(self, config: RunnerConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._lock = threading.Lock()
+        self._accepting = False
+        self._stopped = False
+        self._agents: dict[str, ActorRef] = {}
+        self._system: ActorSystem | None = None
+        self._store: TaskStore | None = None
+        self._peers = Peers()
+        self._hub = EventHub(clock=self.clock)
+        self._waiters = ResultWaiters()
+        self._admission = Admission(config.queue_capacity, config.submit_timeout_s)
+        self._orphaned = 0
+        self._redelivered = 0
+        self._recovered = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @classmethod
+    def start(cls, config: RunnerConfig | None = None, *, clock: Clock | None = None) -> Self:
+        """Start a runner: open the store, start the actors, recover unfinished tasks."""
+        runner = cls(config if config is not None else RunnerConfig(), clock)
+        runner._start()
+        return runner
+
+    def _start(self) -> None:
+        config = self.config
+        self._store = open_store(config.store)
+        system = ActorSystem.start(
+            strategy=Strategy.ONE_FOR_ONE,
+            max_restarts=config.max_restarts,
+            within_s=config.within_s,
+        )
+        self._system = system
+        try:
+            self._spawn_pipeline(system, self._store)
+        except BaseException:
+            system.stop()
+            self._store.close()
+            raise
+        system.dead_letter_office.subscribe(self._rescue)
+        self._accepting = True
+        self._recover()
+        self._hub.publish("runner.started", None, runner_id=config.runner_id, store=self._store.url)
+        _log.info("runner.started", runner_id=config.runner_id, store=self._store.url)
+
+    def _spawn_pipeline(self, system: ActorSystem, store: TaskStore) -> None:
+        config = self.config
+        peers = self._peers
+        wiring = Wiring(
+            peers=peers,
+            clock=self.clock,
+            hub=self._hub,
+            timers=system.runtime.timers,
+            waiters=self._waiters,
+            admission=self._admission,
+        )
+        self._wiring = wiring
+        rng = random.Random(config.seed)
+        journal = JournalState(store)
+        events_hub = self._hub
+        performance = PerformanceState()
+        health = HealthState(HealthCore(config.heartbeat_timeout_s))
+        registry = RegistryState()
+        retry = RetryState(
+            RetryPolicy(
+                base_s=config.backoff_base_s,
+                factor=config.backoff_factor,
+                cap_s=config.backoff_cap_s,
+                max_attempts=config.max_attempts,
+                non_retryable=config.non_retryable,
+            ),
+            rng=random.Random(rng.random()),
+        )
+        queue = QueueState()
+        router = RouterState(RouterCore(config.routing_strategy, rng=random.Random(rng.random())))
+        factories: dict[str, Callable[[], Any]] = {
+            "journal": lambda: JournalActor(
+                journal,
+                peers,
+                self._waiters,
+                self._hub,
+                self.clock,
+                batch_limit=config.journal_batch,
+            ),
+            "events": lambda: EventsActor(events_hub),
+            "performance": lambda: PerformanceActor(
+                performance, wiring, config.performance_interval_s
+            ),
+            "health": lambda: HealthActor(health, wiring, config.health_interval_s),
+            "registry": lambda: RegistryActor(registry, wiring),
+            "retry": lambda: RetryActor(retry, wiring),
+            "queue": lambda: QueueActor(queue, wiring),
+            "router": lambda: RouterActor(router, wiring),
+        }
+        # Refs are known before any actor runs: a ChildSpec's name is its address.
+        for name in PIPELINE_ACTORS:
+            ref = system.spawn(
+                ChildSpec(name=name, factory=factories[name], restart=Restart.PERMANENT)
+            )
+            setattr(peers, name, ref)
+            if name == "events":
+                self._hub.sink = ref
+        peers.agents = system.spawn_supervisor(
+            "agents", max_restarts=config.max_restarts, within_s=config.within_s
+        )
+        health_ref = peers.get("health")
+        for name in PIPELINE_ACTORS:
+            if name != "health":
+                health_ref.ask(
+                    Watch.model_construct(
+                        name=name,
+                        ref=peers.get(name),
+                        supervisor=system.root,
+                        critical=True,
+                        agent_id=None,
+                    )
+                )
+
+    def _recover(self) -> None:
+        """Put the store's unfinished tasks back in the pipeline (after a restart)."""
+        store = self._require_store()
+        records = store.recoverable()
+        if not records:
+            return
+        now = self.clock.now()
+        queued = [r for r in records if r.state is TaskState.QUEUED]
+        waiting = [r for r in records if r.state is TaskState.RETRY_WAIT]
+        # Never started: back to the queue as they are (no attempt was made).
+        pending = [
+            r.moved(TaskState.QUEUED, at=now, agent_id=None)
+            for r in records
+            if r.state in (TaskState.PENDING, TaskState.ASSIGNED)
+        ]
+        # Started under a runner that died: the attempt counts (dead letter if exhausted).
+        interrupted = [
+            _interrupted(r, now)
+            for r in records
+            if r.state in (TaskState.RUNNING, TaskState.SUSPENDED)
+        ]
+        failed = [r for r in records if r.state in (TaskState.FAILED, TaskState.TIMED_OUT)]
+        peers = self._peers
+        if pending:
+            peers.get("journal").ask(
+                Persist.model_construct(records=tuple(pending), redelivered=False)
+            )
+        to_queue = [*queued, *pending]
+        if to_queue:
+            peers.get("queue").tell(
+                Enqueue.model_construct(records=tuple(to_queue), admitted=False, redelivered=False)
+            )
+        for records_batch, requeue_now in ((interrupted, True), (failed, False)):
+            if records_batch:
+                peers.get("retry").tell(
+                    RetryTask.model_construct(
+                        records=tuple(records_batch),
+                        permanent=tuple(False for _ in records_batch),
+                        error_types=tuple("RunnerDied" for _ in records_batch),
+                        requeue_now=requeue_now,
+                        redelivered=False,
+                    )
+                )
+        if waiting:
+            self._reschedule(waiting)
+        self._recovered = len(records)
+        _log.info(
+            "runner.recovered",
+            queued=len(to_queue),
+            retry_wait=len(waiting),
+            interrupted=len(interrupted),
+        )
+
+    def _reschedule(self, waiting: list[TaskRecord]) -> None:
+        """RETRY_WAIT tasks from the store: due ones now, the others at their due time."""
+        now = self.clock.now()
+        timers = self._require_system().runtime.timers
+        for record in waiting:
+            due = record.next_attempt_at
+            delay = 0.0 if due is None else max(0.0, (due - now).total_seconds())
+            timers.call_later(delay, functools.partial(self._requeue_waiting, record))
+
+    def _requeue_waiting(self, record: TaskRecord) -> None:
+        if self._stopped:
+            return
+        queued = record.moved(TaskState.QUEUED, at=self.clock.now(), next_attempt_at=None)
+        self._peers.get("journal").tell(
+            Persist.model_construct(records=(queued,), redelivered=False)
+        )
+        self._peers.get("queue").tell(
+            Enqueue.model_construct(records=(queued,), admitted=False, redelivered=False)
+        )
+
+    def stop(self, *, drain: bool = True, timeout: float | None = None) -> bool:
+        """Stop accepting tasks; with ``drain``, wait up to ``timeout`` seconds (default
+        ``drain_timeout_s``) for every task to finish; then stop the actors and close the
+        store. Unfinished tasks stay in the store for the next start. Returns True if
+        everything finished."""
+        with self._lock:
+            if self._stopped:
+                return True
+            self._accepting = False
+        drained = self.drain(timeout) if drain else self.unfinished() == 0
+        with self._lock:
+            self._stopped = True
+        self._hub.publish("runner.stopped", None, runner_id=self.config.runner_id, drained=drained)
+        _log.info("runner.stopped", runner_id=self.config.runner_id, drained=drained)
+        system = self._require_system()
+        system.stop()
+        self._require_store().close()
+        return drained
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop(drain=exc is None)
+
+    # -- agents -------------------------------------------------------------------------------
+    def register_agent(self, spec: AgentSpec | Mapping[str, Any], handler: Handler | str) -> None:
+        """Register an agent with its handler (a callable, or ``"module:function"``).
+
+        A sync handler runs on ``max_concurrency`` threads; an ``async def`` handler runs on
+        the agent's own event loop. Raises ValueError if the agent id is taken.
+        """
+        spec = _validate(AgentSpec, spec)
+        function = load_handler(handler) if isinstance(handler, str) else handler
+        if not callable(function):
+            raise InvalidMessage(f"handler for {spec.agent_id!r} is not callable")
+        system = self._require_system()
+        with self._lock:
+            if spec.agent_id in self._agents:
+                raise ValueError(f"agent {spec.agent_id!r} is already registered")
+            name = f"agent:{spec.agent_id}"
+            state = AgentState(spec, function)
+            wiring = self._wiring
+            ref = system.spawn(
+                ChildSpec(
+                    name=name,
+                    factory=lambda: AgentExecutor(state, wiring),
+                    restart=Restart.PERMANENT,
+                ),
+                parent=self._peers.agents,
+            )
+            self._agents[spec.agent_id] = ref
+        answer = self._peers.get("registry").ask(RegisterAgent.model_construct(spec=spec, ref=ref))
+        if isinstance(answer, Exception):
+            raise answer
+        self._peers.get("health").ask(
+            Watch.model_construct(
+                name=name,
+                ref=ref,
+                supervisor=self._peers.agents,
+                critical=False,
+                agent_id=spec.agent_id,
+            )
+        )
+
+    def deregister_agent(self, agent_id: str) -> None:
+        """Remove an agent; its unfinished tasks go back to the queue."""
+        with self._lock:
+            ref = self._agents.pop(agent_id, None)
+        if ref is None:
+            raise UnknownAgent(f"no agent {agent_id!r} is registered")
+        self._peers.get("registry").ask(DeregisterAgent.model_construct(agent_id=agent_id))
+        self._peers.get("health").ask(Unwatch.model_construct(name=ref.name))
+        self._require_system().stop_child(ref.name, parent=self._peers.agents)
+
+    def agents(self) -> tuple[str, ...]:
+        """Ids of the registered agents."""
+        return tuple(sorted(self._agents))
+
+    def add_health_check(
+        self,
+        name: str,
+        check: Callable[[], Any],
+        *,
+        timeout_s: float = 1.0,
+        critical: bool = False,
+    ) -> None:
+        """Run ``check()`` every health interval; it returns True/False, a HealthStatus or
+        (HealthStatus, reason). A check that raises or times out counts as UNHEALTHY."""
+        answer = self._peers.get("health").ask(
+            RegisterCheck(HealthCheck(name, check, timeout_s, critical))
+        )
+        if isinstance(answer, Exception):
+            raise answer
+
+    # -- tasks --------------------------------------------------------------------------------
+    def submit(self, spec: TaskSpec | Mapping[str, Any] | None = None, **fields: Any) -> TaskHandle:
+        """Submit one task; returns once it is recorded in the store.
+
+        ``spec`` is a TaskSpec, a mapping of its fields, or the fields as keywords.
+        Raises :class:`InvalidMessage` (also a ValueError) for bad input,
+        :class:`PayloadTooLarge` and :class:`QueueFull` (after ``submit_timeout_s``).
+        With an ``idempotency_key`` already used, returns the existing task's handle.
+        """
+        if spec is None:
+            spec = fields
+        elif fields:
+            raise InvalidMessage("pass a TaskSpec or keyword fields, not both")
+        return self.submit_many((spec,))[0]
+
+    def submit_many(self, specs: Iterable[TaskSpec | Mapping[str, Any]]) -> list[TaskHandle]:
+        """Submit several tasks in one store transaction (all validated first)."""
+        validated = [self._check_spec(spec) for spec in specs]
+        if not validated:
+            return []
+        if not self._accepting:
+            raise RuntimeError("the runner is not accepting tasks (stopped or stopping)")
+        try:
+            self._admission.acquire(len(validated))
+        except QueueFull:
+            self._hub.publish("queue.full", None, capacity=self.config.queue_capacity)
+            raise
+        now = self.clock.now()
+        config = self.config
+        records = tuple(
+            TaskRecord.model_construct(
+                task_id=new_task_id(),
+                spec=spec,
+                state=TaskState.QUEUED,
+                attempt=0,
+                max_attempts=spec.max_attempts or config.max_attempts,
+                sequence=0,
+                created_at=now,
+                updated_at=now,
+                next_attempt_at=None,
+                last_error=None,
+                result=None,
+                history=(),
+                owner=config.runner_id,
+                lease_expires_at=None,
+                agent_id=None,
+            )
+            for spec in validated
+        )
+        try:
+            stored: tuple[TaskRecord, ...] = self._peers.get("journal").ask(
+                Append.model_construct(records=records, redelivered=False), timeout=60.0
+            )
+        except BaseException:
+            self._admission.release(len(records))
+            raise
+        duplicates = sum(1 for s, r in zip(stored, records, strict=True) if s.task_id != r.task_id)
+        self._admission.release(duplicates)
+        return [TaskHandle(self, record.task_id) for record in stored]
+
+    def _check_spec(self, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
+        validated = _validate(TaskSpec, spec)
+        size = json_size(validated.payload)
+        if size > self.config.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"payload is {size} bytes of JSON; the limit is {self.config.max_payload_bytes}"
+            )
+        return validated
+
+    def get(self, task_id: uuid.UUID | str) -> TaskRecord:
+        """The stored record of a task; raises UnknownTask."""
+        record = self._require_store().get(task_id)
+        if record is None:
+            raise UnknownTask(f"no task {task_id}")
+        return record
+
+    def handle(self, task_id: uuid.UUID | str) -> TaskHandle:
+        """A handle for a task submitted earlier (e.g. before a restart)."""
+        record = self.get(task_id)
+        return TaskHandle(self, record.task_id)
+
+    def wait(self, task_id: uuid.UUID, timeout: float | None = None) -> TaskRecord:
+        """Wait until the task reaches a terminal state; returns its record."""
+        done = threading.Event()
+        box: list[TaskRecord] = []
+
+        def resolved(record: TaskRecord) -> None:
+            box.append(record)
+            done.set()
+
+        self._waiters.add(task_id, resolved)
+        try:
+            record = self.get(task_id)
+            if record.state in TERMINAL_STATES:
+                return record
+            if not done.wait(timeout):
+                raise TaskTimeout(f"task {task_id} did not finish within {timeout}s")
+            return box[0]
+        finally:
+            self._waiters.discard(task_id, resolved)
+
+    def cancel(self, task_id: uuid.UUID | str) -> bool:
+        """Cancel a task wherever it is (queue, router, agent, retry wait); True if this
+        call cancelled it, False if it had already finished."""
+        record = self.get(task_id)
+        message = CancelTask.model_construct(task_id=record.task_id)
+        for _ in range(3):  # the task may move between actors while we look
+            if record.state in TERMINAL_STATES:
+                return False
+            holders = [self._peers.get(name) for name in ("queue", "router", "retry")]
+            if record.agent_id is not None and record.agent_id in self._agents:
+                holders.append(self._agents[record.agent_id])
+            for ref in holders:
+                if ref.ask(message):
+                    # The holder sent the CANCELLED record to the journal before answering;
+                    # wait until it is stored, so state() says CANCELLED from now on.
+                    self._peers.get("journal").ask(Sync())
+                    return True
+            record = self.get(task_id)
+        return False
+
+    def requeue_dead_letters(self, task_ids: Iterable[uuid.UUID] | None = None) -> int:
+        """Put dead-lettered tasks (all, or these) back in the queue with fresh attempts."""
+        ids = tuple(task_ids) if task_ids is not None else ()
+        requeued = self._peers.get("journal").ask(
+            RequeueDeadLetters.model_construct(task_ids=ids, all=task_ids is None), timeout=60.0
+        )
+        return len(requeued)
+
+    def dead_letters(self, limit: int = 1000) -> list[TaskRecord]:
+        """Dead-lettered tasks with their last error and attempt history."""
+        return self._require_store().dead_letters(limit)
+
+    # -- observing ----------------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[LifecycleEvent], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every lifecycle event (on the events actor's
+        thread); returns a function that unsubscribes."""
+        return self._hub.subscribe(callback)
+
+    def unfinished(self) -> int:
+        """How many tasks are not in a terminal state."""
+        counts = self._require_store().counts()
+        return sum(n for state, n in counts.items() if state not in TERMINAL_STATES)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until no task is unfinished; True if that happened within ``timeout``."""
+        limit = self.config.drain_timeout_s if timeout is None else timeout
+        deadline = self.clock.monotonic() + limit
+        pause = threading.Event()
+        while self.unfinished():
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                return False
+            pause.wait(min(0.02, left))
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """Health, queue depth, agents, restarts and statistics, as a JSON-able dict."""
+        system = self._require_system()
+        store = self._require_store()
+        stats = system.statistics()
+        peers = self._peers
+        router_stats = self._actor_statistics(peers.get("router"))
+        loads = router_stats.get("load", {})
+        agents = []
+        for agent_id in sorted(self._agents):
+            executor = self._actor_statistics(self._agents[agent_id])
+            agents.append({"agent_id": agent_id, "load": loads.get(agent_id, 0), **executor})
+        health = peers.get("health").ask(GetHealth())
+        counts = store.counts()
+        return {
+            "runner_id": self.config.runner_id,
+            "store": store.url,
+            "accepting": self._accepting,
+            "health": health,
+            "queue": {
+                "depth": self._actor_statistics(peers.get("queue")).get("depth", 0),
+                "capacity": self.config.queue_capacity,
+                "admitted": self._admission.in_use,
+            },
+            "counts": {state.value.lower(): counts.get(state, 0) for state in TaskState},
+            "agents": agents,
+            "restarts": sum(s.restarts for s in stats.values()),
+            "actors": {
+                name: {"state": s.state, "restarts": s.restarts, "mailbox": s.mailbox_depth}
+                for name, s in sorted(stats.items())
+            },
+            "dead_letters": {
+                "messages": system.dead_letter_office.total,
+                "redelivered": self._redelivered,
+                "orphaned": self._orphaned,
+            },
+            "performance": peers.get("performance").ask(GetPerformance()),
+            "recovered": self._recovered,
+        }
+
+    @staticmethod
+    def _actor_statistics(ref: ActorRef) -> dict[str, Any]:
+        """An actor's own counters (asked through its mailbox, so they are consistent)."""
+        try:
+            stats: ActorStatistics = ref.ask(GetStatistics(), timeout=5.0)
+        except (TimeoutError, ActorStopped):
+            return {}
+        return thaw_json(stats.extra)  # type: ignore[no-any-return]
+
+    def restarts(self) -> int:
+        """Actor restarts so far, over the whole tree."""
+        return sum(s.restarts for s in self._require_system().statistics().values())
+
+    def health(self) -> HealthStatus:
+        """The overall health."""
+        snapshot = self._peers.get("health").ask(GetHealth())
+        return HealthStatus(snapshot["status"])
+
+    @property
+    def system(self) -> ActorSystem:
+        """The actor system underneath (for observing supervision)."""
+        return self._require_system()
+
+    def inject_crash(self, actor: str, reason: str = "injected crash") -> None:
+        """Fault injection: make ``actor`` (a pipeline actor name, or ``agent:<id>``) fail
+        on its next message. Used by ``arbiter demo --crash`` and the crash tests."""
+        if actor.startswith("agent:"):
+            ref = self._agents.get(actor.removeprefix("agent:"))
+            if ref is None:
+                raise UnknownAgent(f"no agent {actor!r}")
+        else:
+            ref = self._peers.get(actor)
+        ref.tell(InjectCrash.model_construct(reason=reason))
+
+    # -- internals ----------------------------------------------------------------------------
+    def _rescue(self, letter: DeadLetter) -> None:
+        """Dead-letter listener: a message carrying tasks must not be lost with a crash.
+
+        It is delivered once more to the restarted actor; an assignment to an agent that
+        is gone puts its tasks back in the queue; anything else is logged as orphaned
+        (the tasks stay in the store and come back on the next start).
+        """
+        message = letter.message
+        if not isinstance(message, CarriesTasks) or letter.sender_waiting:
+            return  # nothing to rescue, or the asker got the error and decides
+        if self._stopped:
+            return
+        system = self._require_system()
+        try:
+            ref: ActorRef | None = system.ref(letter.recipient)
+        except KeyError:
+            ref = None
+        if ref is not None and ref.is_alive() and not message.redelivered:
+            self._redelivered += 1
+            ref.tell(message.model_copy(update={"redelivered": True}))
+            return
+        if isinstance(message, Assign):
+            now = self.clock.now()
+            queued = tuple(
+                r.moved(TaskState.QUEUED, at=now, agent_id=None) for r in message.records
+            )
+            self._peers.get("journal").tell(
+                Persist.model_construct(records=queued, redelivered=False)
+            )
+            self._peers.get("queue").tell(
+                Enqueue.model_construct(records=queued, admitted=False, redelivered=False)
+            )
+            return
+        self._orphaned += len(getattr(message, "records", ()))
+        _log.error(
+            "task.orphaned",
+            recipient=letter.recipient,
+            message_type=type(message).__name__,
+            reason=letter.reason,
+            task_ids=[str(r.task_id) for r in getattr(message, "records", ())][:20],
+        )
+
+    def _require_system(self) -> ActorSystem:
+        if self._system is None:
+            raise RuntimeError("the runner is not started")
+        return self._system
+
+    def _require_store(self) -> TaskStore:
+        if self._store is None:
+            raise RuntimeError("the runner is not started")
+        return self._store
+
+
+def _interrupted(record: TaskRecord, now: datetime) -> TaskRecord:
+    if record.state is TaskState.SUSPENDED:
+        record = record.moved(TaskState.RUNNING, at=now)
+    return record.moved(
+        TaskState.FAILED,
+        at=now,
+        last_error=f"RunnerDied: attempt {record.attempt} was interrupted by a runner stop",
+    )
+
+
+def load_handler(path: str) -> Handler:
+    """Import ``"package.module:function"`` and return the function."""
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise InvalidMessage(f"handler {path!r} must look like 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidMessage(f"cannot import handler module {module_name!r}: {exc}") from exc
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError as exc:
+            raise InvalidMessage(f"module {module_name!r} has no {attribute!r}") from exc
+    if not callable(target):
+        raise InvalidMessage(f"handler {path!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _validate(model: type[_M], value: _M | Mapping[str, Any]) -> _M:
+    """Validate at the boundary; every problem becomes one clear InvalidMessage."""
+    if isinstance(value, model):
+        return value
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if not isinstance(value, Mapping):
+        raise InvalidMessage(
+            f"expected a {model.__name__} or a mapping of its fields, got {type(value).__name__}"
+        )
+    try:
+        return model.model_validate(dict(value))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise InvalidMessage(f"invalid {model.__name__}: {problems}") from exc

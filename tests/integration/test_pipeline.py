@@ -1,0 +1,552 @@
+"""The whole pipeline through the host API: real actors, real threads, the memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from messages import (
+    AgentSpec,
+    InvalidMessage,
+    LifecycleEvent,
+    PayloadTooLarge,
+    PermanentError,
+    QueueFull,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskSpec,
+    TaskState,
+    TaskTimeout,
+    UnknownAgent,
+    utcnow,
+)
+from supervisor import RunnerConfig, TaskContext, TaskRunner
+from tests.conftest import WAIT_S, wait_for
+
+FAST_RETRY = {"backoff_base_s": 0.001, "backoff_cap_s": 0.01}
+
+
+@pytest.fixture
+def make_runner() -> Iterator[Callable[..., TaskRunner]]:
+    runners: list[TaskRunner] = []
+
+    def _make(**options: Any) -> TaskRunner:
+        runner = TaskRunner.start(RunnerConfig(**{**FAST_RETRY, **options}))
+        runners.append(runner)
+        return runner
+
+    yield _make
+    for runner in runners:
+        runner.stop(drain=False)
+
+
+def echo(task: TaskContext) -> dict[str, Any]:
+    return {"payload": task.payload, "attempt": task.attempt, "agent": task.agent_id}
+
+
+class Gate:
+    """A handler that blocks until opened, recording the order tasks started in."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.started: list[Any] = []
+        self.first_started = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, task: TaskContext) -> Any:
+        with self._lock:
+            self.started.append(task.payload)
+        self.first_started.set()
+        if not self.open.wait(WAIT_S):
+            raise TimeoutError("gate never opened")
+        return task.payload
+
+
+def agent(agent_id: str = "a1", *caps: str, concurrency: int = 1) -> AgentSpec:
+    return AgentSpec(
+        agent_id=agent_id, capabilities=frozenset(caps or ("code",)), max_concurrency=concurrency
+    )
+
+
+# -- the happy path -------------------------------------------------------------------------
+
+
+def test_submit_runs_the_task_and_returns_its_result(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    runner = make_runner()
+    runner.register_agent(agent(), echo)
+    handle = runner.submit(TaskSpec(type="code", payload={"file": "a.py"}))
+    assert handle.result(timeout=WAIT_S) == {
+        "payload": {"file": "a.py"},
+        "attempt": 1,
+        "agent": "a1",
+    }
+    record = handle.record()
+    assert record.state is TaskState.COMPLETED
+    assert record.attempt == 1
+    assert [a.outcome for a in record.history] == ["completed"]
+    assert record.agent_id == "a1"
+
+
+def test_keyword_and_mapping_submits_are_validated_the_same(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    runner = make_runner()
+    runner.register_agent(agent(), echo)
+    by_keywords = runner.submit(type="code", payload=[1, 2])
+    by_mapping = runner.submit({"type": "code", "payload": {"k": None}})
+    assert by_keywords.result(WAIT_S)["payload"] == [1, 2]
+    assert by_mapping.result(WAIT_S)["payload"] == {"k": None}
+
+
+def test_async_handlers_run_on_the_agents_loop(make_runner: Callable[..., TaskRunner]) -> None:
+    async def handler(task: TaskContext) -> int:
+        await asyncio.sleep(0)
+        return int(task.payload["n"]) * 2
+
+    runner = make_runner()
+    runner.register_agent(agent(concurrency=3), handler)
+    handles = runner.submit_many([{"type": "code", "payload": {"n": n}} for n in range(20)])
+    assert [h.result(WAIT_S) for h in handles] == [n * 2 for n in range(20)]
+
+
+def test_handlers_load_from_module_paths(make_runner: Callable[..., TaskRunner]) -> None:
+    runner = make_runner()
+    runner.register_agent(agent(), "tests.integration.test_pipeline:echo")
+    assert runner.submit(type="code").result(WAIT_S)["attempt"] == 1
+    with pytest.raises(InvalidMessage, match="module:function"):
+        runner.register_agent(agent("a2"), "no_colon_here")
+    with pytest.raises(InvalidMessage, match="cannot import"):
+        runner.register_agent(agent("a3"), "no_such_module_xyz:f")
+
+
+# -- the queue ------------------------------------------------------------------------------
+
+
+def test_higher_priority_runs_first_and_fifo_among_equals(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    gate = Gate()
+    runner = make_runner()
+    runner.register_agent(agent(), gate)
+    runner.submit(type="code", payload="blocker")
+    assert gate.first_started.wait(WAIT_S)
+    # The only agent is busy, so everything below waits in the queue.
+    order = [("low-1", 0), ("high-1", 9), ("mid", 5), ("low-2", 0), ("high-2", 9)]
+    handles = [runner.submit(type="code", payload=name, priority=p) for name, p in order]
+    gate.open.set()
+    for handle in handles:
+        handle.result(WAIT_S)
+    assert gate.started == ["blocker", "high-1", "high-2", "mid", "low-1", "low-2"]
+
+
+def test_full_queue_pushes_back_and_loses_nothing(make_runner: Callable[..., TaskRunner]) -> None:
+    gate = Gate()
+    runner = make_runner(queue_capacity=2)
+    runner.register_agent(agent(), gate)
+    first = runner.submit(type="code", payload=0)
+    assert gate.first_started.wait(WAIT_S)  # it left the queue: its credit is back
+    waiting = [runner.submit(type="code", payload=n) for n in (1, 2)]
+    with pytest.raises(QueueFull, match="queue is full"):
+        runner.submit(type="code", payload=3)
+    assert runner.status()["counts"]["queued"] == 2  # the refused task was never stored
+    gate.open.set()
+    assert [h.result(WAIT_S) for h in (first, *waiting)] == [0, 1, 2]
+    assert runner.submit(type="code", payload=4).result(WAIT_S) == 4
+
+
+def test_submit_can_wait_for_room(make_runner: Callable[..., TaskRunner]) -> None:
+    gate = Gate()
+    runner = make_runner(queue_capacity=1, submit_timeout_s=WAIT_S)
+    runner.register_agent(agent(), gate)
+    runner.submit(type="code", payload=0)
+    assert gate.first_started.wait(WAIT_S)
+    runner.submit(type="code", payload=1)  # fills the queue
+    opener = threading.Timer(0.05, gate.open.set)
+    opener.start()
+    try:
+        # Blocks until the agent finishes task 0 and takes task 1 out of the queue.
+        assert runner.submit(type="code", payload=2).result(WAIT_S) == 2
+    finally:
+        opener.cancel()
+
+
+def test_a_queued_task_can_be_cancelled(make_runner: Callable[..., TaskRunner]) -> None:
+    gate = Gate()
+    runner = make_runner()
+    runner.register_agent(agent(), gate)
+    runner.submit(type="code", payload="blocker")
+    assert gate.first_started.wait(WAIT_S)
+    queued = runner.submit(type="code", payload="victim")
+    assert queued.cancel() is True
+    assert queued.state() is TaskState.CANCELLED
+    with pytest.raises(TaskCancelledError):
+        queued.result(WAIT_S)
+    assert queued.cancel() is False  # already finished
+    gate.open.set()
+    assert runner.drain(WAIT_S)
+    assert "victim" not in gate.started
+
+
+def test_a_running_task_is_cancelled_cooperatively(make_runner: Callable[..., TaskRunner]) -> None:
+    seen = threading.Event()
+    started = threading.Event()
+
+    def patient(task: TaskContext) -> str:
+        started.set()
+        wait_for(task.is_cancelled)
+        seen.set()
+        return "too late"
+
+    runner = make_runner()
+    runner.register_agent(agent(), patient)
+    handle = runner.submit(type="code")
+    assert started.wait(WAIT_S)
+    assert handle.cancel() is True
+    assert seen.wait(WAIT_S)
+    assert handle.state() is TaskState.CANCELLED
+
+
+# -- bad input at the boundary ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"type": "code", "colour": "red"}, "colour"),
+        ({"type": "code", "priority": "high"}, "priority"),
+        ({"type": "code", "priority": 10}, "priority"),
+        ({"type": "code", "priority": -1}, "priority"),
+        ({"type": "code", "payload": {1, 2}}, "payload"),
+        ({"type": "code", "payload": {"x": float("nan")}}, "payload"),
+        ({"type": ""}, "type"),
+        ({"payload": {}}, "type"),
+        ({"type": "code", "timeout_s": 0}, "timeout_s"),
+    ],
+)
+def test_invalid_tasks_are_refused_before_any_actor_sees_them(
+    make_runner: Callable[..., TaskRunner], fields: dict[str, Any], message: str
+) -> None:
+    runner = make_runner()
+    with pytest.raises(InvalidMessage, match=message):
+        runner.submit(fields)
+    assert sum(runner.status()["counts"].values()) == 0
+
+
+def test_oversized_payloads_are_refused(make_runner: Callable[..., TaskRunner]) -> None:
+    runner = make_runner(max_payload_bytes=100)
+    with pytest.raises(PayloadTooLarge, match="limit is 100"):
+        runner.submit(type="code", payload={"blob": "x" * 200})
+    runner.submit(type="code", payload={"blob": "x" * 10})  # under the limit: fine
+    assert runner.status()["counts"]["queued"] == 1
+
+
+def test_a_batch_with_one_bad_task_stores_none_of_it(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    runner = make_runner()
+    with pytest.raises(InvalidMessage):
+        runner.submit_many([{"type": "code"}, {"type": "code", "oops": 1}])
+    assert sum(runner.status()["counts"].values()) == 0
+
+
+def test_unknown_agents_and_duplicate_agents_are_errors(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    runner = make_runner()
+    runner.register_agent(agent(), echo)
+    with pytest.raises(ValueError, match="already registered"):
+        runner.register_agent(agent(), echo)
+    with pytest.raises(UnknownAgent):
+        runner.deregister_agent("nobody")
+    with pytest.raises(InvalidMessage, match="capabilit"):
+        runner.register_agent({"agent_id": "x", "capabilities": []}, echo)
+
+
+def test_a_non_json_result_dead_letters_the_task(make_runner: Callable[..., TaskRunner]) -> None:
+    runner = make_runner()
+    runner.register_agent(agent(), lambda task: {1, 2, 3})
+    handle = runner.submit(type="code")
+    with pytest.raises(TaskFailedError, match="not JSON"):
+        handle.result(WAIT_S)
+    assert handle.record().attempt == 1  # permanent: no retry
+
+
+# -- retries and dead letters ------------------------------------------------------------------
+
+
+class Flaky:
+    def __init__(self, failures: int, exc: type[Exception] = RuntimeError) -> None:
+        self.failures = failures
+        self.exc = exc
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, task: TaskContext) -> int:
+        with self._lock:
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise self.exc(f"failure {self.calls}")
+        return task.attempt
+
+
+def test_failed_attempts_are_retried_until_success(make_runner: Callable[..., TaskRunner]) -> None:
+    runner = make_runner()
+    runner.register_agent(agent(), Flaky(2))
+    handle = runner.submit(type="code")
+    assert handle.result(WAIT_S) == 3
+    record = handle.record()
+    assert [a.outcome for a in record.history] == ["failed", "failed", "completed"]
+    assert record.history[0].error == "RuntimeError: failure 1"
+
+
+def test_exhausted_attempts_go_to_dead_letters_and_can_be_requeued(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    runner = make_runner(max_attempts=2)
+    flaky = Flaky(2)
+    runner.register_agent(agent(), flaky)
+    handle = runner.submit(type="code")
+    with pytest.raises(TaskFailedError, match="attempts_exhausted: RuntimeError: failure 2"):
+        handle.result(WAIT_S)
+    dead = runner.dead_letters()
+    assert [r.task_id for r in dead] == [handle.task_id]
+    assert len(dead[0].history) == 2
+    assert runner.requeue_dead_letters() == 1
+    assert handle.result(WAIT_S) == 1  # a fresh attempt count after the operator's requeue
+    assert flaky.calls == 3
+
+
+def test_permanent_errors_are_not_retried(make_runner: Callable[..., TaskRunner]) -> None:
+    class Refused(PermanentError):
+        pass
+
+    runner = make_runner()
+    flaky = Flaky(5, Refused)
+    runner.register_agent(agent(), flaky)
+    with pytest.raises(TaskFailedError, match="permanent_error"):
+        runner.submit(type="code").result(WAIT_S)
+    assert flaky.calls == 1
+
+
+def test_non_retryable_error_names_are_not_retried(make_runner: Callable[..., TaskRunner]) -> None:
+    runner = make_runner(non_retryable=frozenset({"KeyError"}))
+    flaky = Flaky(5, KeyError)
+    runner.register_agent(agent(), flaky)
+    with pytest.raises(TaskFailedError, match="non_retryable"):
+        runner.submit(type="code").result(WAIT_S)
+    assert flaky.calls == 1
+
+
+def test_per_task_max_attempts_overrides_the_runner(make_runner: Callable[..., TaskRunner]) -> None:
+    runner = make_runner(max_attempts=10)
+    flaky = Flaky(5)
+    runner.register_agent(agent(), flaky)
+    with pytest.raises(TaskFailedError):
+        runner.submit(type="code", max_attempts=1).result(WAIT_S)
+    assert flaky.calls == 1
+
+
+def test_a_slow_attempt_times_out_and_is_retried(make_runner: Callable[..., TaskRunner]) -> None:
+    calls: list[int] = []
+
+    def slow_once(task: TaskContext) -> int:
+        calls.append(task.attempt)
+        if task.attempt == 1:
+            wait_for(task.is_cancelled)  # runs until the runner gives up on it
+        return task.attempt
+
+    runner = make_runner()
+    runner.register_agent(agent(concurrency=2), slow_once)
+    handle = runner.submit(type="code", timeout_s=0.05)
+    assert handle.result(WAIT_S) == 2
+    record = handle.record()
+    assert [a.outcome for a in record.history] == ["timed_out", "completed"]
+    assert "TaskTimeout" in (record.history[0].error or "")
+
+
+def test_result_wait_has_a_timeout(make_runner: Callable[..., TaskRunner]) -> None:
+    runner = make_runner()  # no agent: the task waits
+    handle = runner.submit(type="code")
+    with pytest.raises(TaskTimeout):
+        handle.result(timeout=0.01)
+    assert handle.state() is TaskState.QUEUED
+
+
+# -- routing -----------------------------------------------------------------------------------
+
+
+def test_tasks_go_only_to_agents_with_every_capability(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    runner = make_runner()
+    runner.register_agent(agent("py", "code", "python", concurrency=2), echo)
+    runner.register_agent(agent("rs", "code", "rust", concurrency=2), echo)
+    runner.register_agent(agent("docs", "write", concurrency=2), echo)
+    python = [runner.submit(type="code", required_capabilities={"python"}) for _ in range(10)]
+    rust = [runner.submit(type="code", required_capabilities={"rust"}) for _ in range(10)]
+    write = [runner.submit(type="write") for _ in range(10)]
+    assert {h.result(WAIT_S)["agent"] for h in python} == {"py"}
+    assert {h.result(WAIT_S)["agent"] for h in rust} == {"rs"}
+    assert {h.result(WAIT_S)["agent"] for h in write} == {"docs"}
+
+
+def test_a_task_waits_for_a_capable_agent(make_runner: Callable[..., TaskRunner]) -> None:
+    runner = make_runner()
+    runner.register_agent(agent("coder", "code"), echo)
+    handle = runner.submit(type="translate")
+    with pytest.raises(TaskTimeout):
+        handle.result(timeout=0.05)
+    runner.register_agent(agent("translator", "translate"), echo)
+    assert handle.result(WAIT_S)["agent"] == "translator"
+
+
+def test_no_capable_agent_before_the_deadline_dead_letters(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    runner = make_runner()
+    runner.register_agent(agent("coder", "code"), echo)
+    handle = runner.submit(type="translate", deadline=utcnow() + timedelta(milliseconds=50))
+    with pytest.raises(TaskFailedError, match="no_capable_agent"):
+        handle.result(WAIT_S)
+
+
+def test_routing_decisions_are_events_with_alternatives(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    runner = make_runner(routing_strategy="least_loaded")
+    routed: list[LifecycleEvent] = []
+    got = threading.Event()
+
+    def on_event(event: LifecycleEvent) -> None:
+        if event.name == "task.routed":
+            routed.append(event)
+            got.set()
+
+    runner.subscribe(on_event)
+    runner.register_agent(agent("a", concurrency=2), echo)
+    runner.register_agent(agent("b", concurrency=2), echo)
+    runner.submit(type="code").result(WAIT_S)
+    assert got.wait(WAIT_S)
+    data = routed[0].data
+    assert data["agent_id"] == "a"  # both idle: ties break by id
+    assert data["strategy"] == "least_loaded"
+    assert [alt["agent_id"] for alt in data["alternatives"]] == ["b"]
+    assert "least loaded" in data["reason"]
+
+
+def test_deregistering_an_agent_requeues_its_unfinished_tasks(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    gate = Gate()
+    runner = make_runner()
+    runner.register_agent(agent("leaving"), gate)
+    handle = runner.submit(type="code", payload="moved")
+    assert gate.first_started.wait(WAIT_S)
+    runner.deregister_agent("leaving")
+    runner.register_agent(agent("staying"), echo)
+    assert handle.result(WAIT_S)["agent"] == "staying"
+    assert [a.outcome for a in handle.record().history] == ["abandoned", "completed"]
+    gate.open.set()
+    assert runner.agents() == ("staying",)
+
+
+# -- lifecycle events and status ------------------------------------------------------------------
+
+
+def test_lifecycle_events_follow_a_task(make_runner: Callable[..., TaskRunner]) -> None:
+    runner = make_runner()
+    names: list[str] = []
+    completed = threading.Event()
+
+    def on_event(event: LifecycleEvent) -> None:
+        if event.task_id is not None:
+            names.append(event.name)
+        if event.name == "task.completed":
+            completed.set()
+
+    unsubscribe = runner.subscribe(on_event)
+    runner.register_agent(agent(), Flaky(1))
+    runner.submit(type="code").result(WAIT_S)
+    assert completed.wait(WAIT_S)
+    assert names == [
+        "task.submitted",
+        "task.queued",
+        "task.routed",
+        "task.started",
+        "task.failed",
+        "task.retry_scheduled",
+        "task.queued",
+        "task.routed",
+        "task.started",
+        "task.completed",
+    ]
+    unsubscribe()
+
+
+def test_a_failing_subscriber_does_not_break_the_runner(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    runner = make_runner()
+
+    def broken(event: LifecycleEvent) -> None:
+        raise ValueError("subscriber bug")
+
+    runner.subscribe(broken)
+    runner.register_agent(agent(), echo)
+    assert runner.submit(type="code").result(WAIT_S)["attempt"] == 1
+    assert runner.restarts() == 0
+
+
+def test_status_reports_health_queue_agents_and_latencies(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    runner = make_runner()
+    runner.register_agent(agent(concurrency=2), echo)
+    for handle in runner.submit_many([{"type": "code"}] * 20):
+        handle.result(WAIT_S)
+    status = runner.status()
+    assert status["counts"]["completed"] == 20
+    assert status["queue"] == {"depth": 0, "capacity": 10_000, "admitted": 0}
+    assert status["agents"][0]["agent_id"] == "a1"
+    assert status["agents"][0]["completed"] == 20
+    assert status["health"]["status"] == "HEALTHY"
+    assert status["performance"]["route_assign_ms"]["count"] == 20
+    assert status["performance"]["end_to_end_ms"]["count"] == 20
+    assert status["restarts"] == 0
+
+
+def test_health_checks_feed_the_overall_status(make_runner: Callable[..., TaskRunner]) -> None:
+    healthy = threading.Event()
+    healthy.set()
+    runner = make_runner(health_interval_s=0.01)
+    runner.add_health_check("database", healthy.is_set, critical=True)
+    wait_for(lambda: runner.status()["health"]["components"]["database"]["status"] == "HEALTHY")
+    healthy.clear()
+    wait_for(lambda: runner.health().value == "UNHEALTHY")
+    healthy.set()
+    wait_for(lambda: runner.health().value == "HEALTHY")
+
+
+def test_stop_drains_before_it_stops() -> None:
+    runner = TaskRunner.start(RunnerConfig(**FAST_RETRY))
+    runner.register_agent(agent(concurrency=4), echo)
+    handles = runner.submit_many([{"type": "code"}] * 50)
+    assert runner.stop(timeout=WAIT_S) is True
+    assert runner.stop() is True  # idempotent
+    with pytest.raises(RuntimeError, match="not accepting"):
+        runner.submit(type="code")
+    del handles
+
+
+def test_the_context_manager_stops_the_runner() -> None:
+    with TaskRunner.start(RunnerConfig(**FAST_RETRY)) as runner:
+        runner.register_agent(agent(), echo)
+        runner.submit(type="code").result(WAIT_S)
+    assert not runner.system.running
