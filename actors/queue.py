@@ -35,7 +35,7 @@ class QueueState:
     timer: TickTimer = field(default_factory=TickTimer)
     expired: int = 0
     cancelled: int = 0
-    dispatched: int = 0
+    dispatched: int = 0  # tasks sent to the router in all (the router counts receipts)
 
 
 class QueueActor(Actor):
@@ -54,7 +54,15 @@ class QueueActor(Actor):
         if isinstance(message, Enqueue):
             self._enqueue(message)
         elif isinstance(message, Demand):
-            self.state.demand = [[caps, free] for caps, free in message.slots]
+            # Tasks sent that the router had not received when it computed this demand
+            # would be counted twice: take them off the free slots first.
+            in_transit = max(0, self.state.dispatched - message.received)
+            demand = []
+            for caps, free in message.slots:
+                used = min(free, in_transit)
+                in_transit -= used
+                demand.append([caps, free - used])
+            self.state.demand = demand
             self.state.known_capabilities = tuple(caps for caps, _ in message.slots)
             self._dispatch()
         elif isinstance(message, Tick):

@@ -51,15 +51,17 @@ class RouterState:
     backlog: deque[tuple[TaskRecord, float]] = field(default_factory=deque)
     timer: TickTimer = field(default_factory=TickTimer)
     routed: int = 0
+    received: int = 0
     returned: int = 0
 
 
 class RouterActor(Actor):
     """Routes ready tasks to agents in batches; one ``Assign`` per agent per batch."""
 
-    def __init__(self, state: RouterState, wiring: Wiring) -> None:
+    def __init__(self, state: RouterState, wiring: Wiring, prefetch: float = 0.0) -> None:
         self.state = state
         self.wiring = wiring
+        self.prefetch = prefetch
 
     def on_start(self) -> None:
         self._route_backlog()
@@ -67,6 +69,7 @@ class RouterActor(Actor):
 
     def receive(self, message: Any) -> Any:
         if isinstance(message, TasksReady):
+            self.state.received += len(message.records)
             self.state.backlog.extend((record, message.ready_at) for record in message.records)
             self._route_backlog()
         elif isinstance(message, Released):
@@ -123,12 +126,12 @@ class RouterActor(Actor):
             for view in message.agents
         }
         self._route_backlog()
+        self._return_unservable()
         self._send_demand()
 
     def _route_backlog(self) -> None:
         state = self.state
         if not state.backlog or not state.views:
-            self._return_unservable()
             return
         clock = self.wiring.clock
         hub = self.wiring.hub
@@ -139,7 +142,10 @@ class RouterActor(Actor):
         latencies: list[float] = []
         waiting: deque[tuple[TaskRecord, float]] = deque()
         now = clock.now()
-        for record, ready_at in state.backlog:
+        free = sum(view.free_slots for view in view_list if view.healthy)
+        backlog = state.backlog
+        while backlog and free > 0:
+            record, ready_at = backlog.popleft()
             decision = core.route(record, view_list)
             if decision is None:
                 waiting.append((record, ready_at))
@@ -168,6 +174,8 @@ class RouterActor(Actor):
                     ),
                 )
             latencies.append(ready_at)
+            free -= 1
+        waiting.extend(backlog)
         state.backlog = waiting
         if assigned:
             records = tuple(record for batch in assigned.values() for record in batch)
@@ -185,7 +193,6 @@ class RouterActor(Actor):
                     values=tuple((done - ready_at) * 1000.0 for ready_at in latencies)
                 )
             )
-        self._return_unservable()
 
     def _return_unservable(self) -> None:
         """Give back to the queue the waiting tasks that no healthy agent could ever take
@@ -211,12 +218,23 @@ class RouterActor(Actor):
 
     def _send_demand(self) -> None:
         state = self.state
-        slots = tuple(
-            (view.capabilities, view.free_slots if view.healthy else 0)
-            for view in state.views.values()
+        # Ask for the free slots plus a prefetch of ``prefetch`` x max_concurrency per
+        # agent, so the next tasks are already here when a slot frees up (the hand-off
+        # from the queue costs a few thread switches); the backlog counts against it.
+        waiting = len(state.backlog)
+        wanted = []
+        for view in state.views.values():
+            if not view.healthy:
+                wanted.append((view.capabilities, 0))
+                continue
+            want = view.free_slots + int(view.max_concurrency * self.prefetch)
+            used = min(want, waiting)
+            waiting -= used
+            wanted.append((view.capabilities, want - used))
+        slots = tuple(wanted)
+        self.wiring.peers.get("queue").tell(
+            Demand.model_construct(slots=slots, received=state.received)
         )
-        # The backlog was routed first, so a slot still free now suits no waiting task.
-        self.wiring.peers.get("queue").tell(Demand.model_construct(slots=slots))
         if any(free for _, free in slots) or state.backlog:
             now = self.wiring.clock.monotonic()
             state.timer.arm(self.wiring.timers, self.context.self_ref, now + DEMAND_REFRESH_S, now)

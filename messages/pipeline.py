@@ -84,6 +84,7 @@ class Demand(Message):
     """
 
     slots: tuple[tuple[frozenset[str], int], ...]
+    received: int = 0  # tasks the router has received from the queue in all, so far
 
 
 class TasksReady(CarriesTasks):

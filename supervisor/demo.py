@@ -75,6 +75,9 @@ def add_demo_parser(sub: Any) -> None:
     demo.add_argument("--store", default="memory://", help="store URL (default memory://)")
     demo.add_argument("--strategy", default="least_loaded", help="routing strategy")
     demo.add_argument("--seed", type=int, default=None)
+    demo.add_argument(
+        "--prefetch", type=float, default=1.0, help="router prefetch per agent (see RunnerConfig)"
+    )
     demo.add_argument("--timeout", type=float, default=300.0, help="give up after this long")
     demo.add_argument("--json", action="store_true", help="print only the summary, as JSON")
     demo.set_defaults(run=run_demo)
@@ -94,6 +97,7 @@ def run_demo(args: argparse.Namespace) -> int:
         max_restarts=1000,
         within_s=1.0,
         seed=args.seed,
+        prefetch=args.prefetch,
     )
     started = time.perf_counter()
     submitted = 0

@@ -550,3 +550,19 @@ def test_the_context_manager_stops_the_runner() -> None:
         runner.register_agent(agent(), echo)
         runner.submit(type="code").result(WAIT_S)
     assert not runner.system.running
+
+
+def test_prefetch_takes_tasks_ahead_of_free_slots(make_runner: Callable[..., TaskRunner]) -> None:
+    gate = Gate()
+    runner = make_runner(prefetch=1.0)
+    runner.register_agent(agent(), gate)
+    runner.submit(type="code", payload="blocker")
+    assert gate.first_started.wait(WAIT_S)
+    early = runner.submit(type="code", payload="early", priority=0)
+    # The router holds one task ready for the busy agent: it left the queue already.
+    wait_for(lambda: runner.status()["queue"]["depth"] == 0)
+    late = runner.submit(type="code", payload="late", priority=9)
+    gate.open.set()
+    early.result(WAIT_S)
+    late.result(WAIT_S)
+    assert gate.started == ["blocker", "early", "late"]
