@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/arbiter demo $(ARGS)
+	$(VENV)/bin/arbiter demo --tasks 20000 $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest --cov --cov-branch --cov-report=term --cov-fail-under=85 $(ARGS)
