@@ -371,6 +371,8 @@ class AgentExecutor(Actor):
 
     def _stop_attempt(self, run: _Run) -> None:
         run.context._cancelled[0] = True
+        if self.state.pool is not None:
+            self.state.pool.replace_stuck()
         if run.future is not None:
             run.future.cancel()  # stops an async handler; a sync one sees is_cancelled()
         if run.timer is not None:
@@ -454,12 +456,27 @@ class _Workers:
         self._jobs: queue.SimpleQueue[tuple[TaskContext, ActorRef, Any] | None] = (
             queue.SimpleQueue()
         )
-        self._threads = [
-            threading.Thread(target=self._run, name=f"agent-{name}-{n}", daemon=True)
-            for n in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._name = name
+        self._size = size
+        self._lock = threading.Lock()
+        self._excess = 0  # threads to retire: replacements were started for stuck ones
+        self._started = 0
+        for _ in range(size):
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        self._started += 1
+        threading.Thread(
+            target=self._run, name=f"agent-{self._name}-{self._started}", daemon=True
+        ).start()
+
+    def replace_stuck(self) -> None:
+        """An attempt was given up (timed out, cancelled, abandoned) while its thread may
+        still run it: start a replacement so the agent keeps its concurrency; the first
+        thread to finish a job afterwards retires, so the count comes back to ``size``."""
+        with self._lock:
+            self._excess += 1
+            self._start_thread()
 
     def submit(self, context: TaskContext, ref: ActorRef, clock: Any) -> None:
         """Run the handler on ``context`` and tell ``ref`` the outcome."""
@@ -467,8 +484,9 @@ class _Workers:
 
     def shutdown(self) -> None:
         """Let every thread end after its current job (not waiting for them)."""
-        for _ in self._threads:
-            self._jobs.put(None)
+        with self._lock:
+            for _ in range(self._size + self._excess):
+                self._jobs.put(None)
 
     def _run(self) -> None:
         handler = self._handler
@@ -482,6 +500,11 @@ class _Workers:
                 ref.tell(_outcome(context, None, exc, clock.monotonic()))
             else:
                 ref.tell(_outcome(context, value, None, clock.monotonic()))
+            if self._excess:
+                with self._lock:
+                    if self._excess:
+                        self._excess -= 1
+                        return
 
 
 def _finished_message(context: TaskContext, future: Future[Any], ended: float) -> Finished:

@@ -57,3 +57,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         tick.wait(0.002)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A test that runs the CLI in-process configures structlog to write to a stream that
+    pytest closes afterwards; put the defaults back after every test."""
+    yield
+    structlog.reset_defaults()
