@@ -237,9 +237,7 @@ class AgentExecutor(Actor):
                 )
             run.future = self._launch(context, ref)
             if spec.timeout_s is not None:
-                check = TimeoutCheck.model_construct(
-                    task_id=running.task_id, attempt=running.attempt
-                )
+                check = TimeoutCheck.fast(task_id=running.task_id, attempt=running.attempt)
                 run.timer = self.wiring.timers.call_later(
                     spec.timeout_s, functools.partial(ref.tell, check)
                 )
@@ -274,7 +272,7 @@ class AgentExecutor(Actor):
         record = run.record
         latency_ms = max(0.0, (message.ended - run.started) * 1000.0)
         agent_id = state.spec.agent_id
-        attempt = Attempt.model_construct(
+        attempt = Attempt.fast(
             number=record.attempt,
             agent_id=agent_id,
             started_at=record.updated_at,
@@ -317,7 +315,7 @@ class AgentExecutor(Actor):
         out.released.append((record.task_id, record.spec.type, message.ok, latency_ms))
         end_to_end = (now - record.created_at).total_seconds() * 1000.0
         out.outcomes.append(
-            AgentOutcome.model_construct(
+            AgentOutcome.fast(
                 agent_id=agent_id,
                 task_type=record.spec.type,
                 success=message.ok,
@@ -337,7 +335,7 @@ class AgentExecutor(Actor):
         record = run.record
         timeout_s = record.spec.timeout_s
         error = f"TaskTimeout: attempt {record.attempt} ran longer than {timeout_s}s"
-        attempt = Attempt.model_construct(
+        attempt = Attempt.fast(
             number=record.attempt,
             agent_id=state.spec.agent_id,
             started_at=record.updated_at,
@@ -387,7 +385,7 @@ class AgentExecutor(Actor):
             self._stop_attempt(run)
             record = run.record
             error = f"{error_type}: {why} during attempt {record.attempt}"
-            attempt = Attempt.model_construct(
+            attempt = Attempt.fast(
                 number=record.attempt,
                 agent_id=state.spec.agent_id,
                 started_at=record.updated_at,
@@ -413,12 +411,10 @@ class AgentExecutor(Actor):
         peers = self.wiring.peers
         agent_id = self.state.spec.agent_id
         if out.persist:
-            peers.get("journal").tell(
-                Persist.model_construct(records=tuple(out.persist), redelivered=False)
-            )
+            peers.get("journal").tell(Persist.fast(records=tuple(out.persist), redelivered=False))
         if out.retry:
             peers.get("retry").tell(
-                RetryTask.model_construct(
+                RetryTask.fast(
                     records=tuple(r for r, _, _ in out.retry),
                     permanent=tuple(p for _, p, _ in out.retry),
                     error_types=tuple(e for _, _, e in out.retry),
@@ -428,7 +424,7 @@ class AgentExecutor(Actor):
             )
         if out.requeue:
             peers.get("retry").tell(
-                RetryTask.model_construct(
+                RetryTask.fast(
                     records=tuple(r for r, _ in out.requeue),
                     permanent=tuple(False for _ in out.requeue),
                     error_types=tuple(e for _, e in out.requeue),
@@ -437,11 +433,9 @@ class AgentExecutor(Actor):
                 )
             )
         if out.released:
-            peers.get("router").tell(
-                Released.model_construct(agent_id=agent_id, outcomes=tuple(out.released))
-            )
+            peers.get("router").tell(Released.fast(agent_id=agent_id, outcomes=tuple(out.released)))
         if out.outcomes:
-            peers.get("performance").tell(Outcomes.model_construct(items=tuple(out.outcomes)))
+            peers.get("performance").tell(Outcomes.fast(items=tuple(out.outcomes)))
 
 
 class _Workers:
@@ -510,7 +504,7 @@ class _Workers:
 def _finished_message(context: TaskContext, future: Future[Any], ended: float) -> Finished:
     """On the loop's thread: turn an async attempt's future into a Finished message."""
     if future.cancelled():
-        return Finished.model_construct(
+        return Finished.fast(
             task_id=context.task_id,
             attempt=context.attempt,
             ok=False,
@@ -532,7 +526,7 @@ def _outcome(context: TaskContext, value: Any, exc: BaseException | None, ended:
         except ValueError as bad:
             exc = InvalidResult(f"handler result is not JSON: {bad}")
         else:
-            return Finished.model_construct(
+            return Finished.fast(
                 task_id=context.task_id,
                 attempt=context.attempt,
                 ok=True,
@@ -542,7 +536,7 @@ def _outcome(context: TaskContext, value: Any, exc: BaseException | None, ended:
                 permanent=False,
                 ended=ended,
             )
-    return Finished.model_construct(
+    return Finished.fast(
         task_id=context.task_id,
         attempt=context.attempt,
         ok=False,

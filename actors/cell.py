@@ -314,7 +314,7 @@ class Cell:
                 exc_info=(ActorStopped, ActorStopped(f"{self.name}: {reason}"), None)
             )
         self.dead_letters.publish(
-            DeadLetter.model_construct(
+            DeadLetter.fast(
                 recipient=self.name,
                 message=letter.body,
                 reason=reason,

@@ -156,7 +156,7 @@ class HealthActor(Actor):
             state.reported += 1
             self.context.log.warning("health.unresponsive", component=name)
             watched_actor.supervisor.tell(
-                ReportUnresponsive.model_construct(child=name, busy_s=self.interval_s)
+                ReportUnresponsive.fast(child=name, busy_s=self.interval_s)
             )
 
     def _run_checks(self, now: float) -> list[HealthChanged]:
@@ -202,7 +202,7 @@ class HealthActor(Actor):
             watched = state.watched.get(change.component)
             if watched is not None and watched.agent_id is not None:
                 self.wiring.peers.get("registry").tell(
-                    AgentHealth.model_construct(agent_id=watched.agent_id, status=change.current)
+                    AgentHealth.fast(agent_id=watched.agent_id, status=change.current)
                 )
 
     def _arm(self) -> None:

@@ -84,9 +84,7 @@ class PerformanceActor(Actor):
                 state.sent[agent_id] = figures
                 changed.append((agent_id, *figures))
         if changed:
-            self.wiring.peers.get("registry").tell(
-                PerfUpdate.model_construct(agents=tuple(changed))
-            )
+            self.wiring.peers.get("registry").tell(PerfUpdate.fast(agents=tuple(changed)))
 
     def _arm(self) -> None:
         now = self.wiring.clock.monotonic()

@@ -202,7 +202,7 @@ class EventHub:
         """Emit one lifecycle event (to the events actor) if anyone listens."""
         if not self._subscribers or self.sink is None:
             return
-        event = LifecycleEvent.model_construct(
+        event = LifecycleEvent.fast(
             name=name, at=self.clock.now(), task_id=task_id, data=FrozenDict(data)
         )
         self.sink.tell(event)
@@ -237,7 +237,7 @@ class TickTimer:
         if self.handle is not None:
             timers.cancel(self.handle)
         self.due = due
-        tick = Tick.model_construct(at=due)
+        tick = Tick.fast(at=due)
         self.handle = timers.call_later(max(0.0, due - now), lambda: ref.tell(tick))
 
     def fired(self) -> None:

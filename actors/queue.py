@@ -122,7 +122,7 @@ class QueueActor(Actor):
         state.dispatched += len(ready)
         self._release_credits(ready)
         self.wiring.peers.get("router").tell(
-            TasksReady.model_construct(
+            TasksReady.fast(
                 records=tuple(ready), ready_at=self.wiring.clock.monotonic(), redelivered=False
             )
         )
@@ -158,7 +158,7 @@ class QueueActor(Actor):
             state.expired += len(dead)
             self._release_credits(expired)
             self.wiring.peers.get("journal").tell(
-                Persist.model_construct(records=tuple(dead), redelivered=False)
+                Persist.fast(records=tuple(dead), redelivered=False)
             )
         self._arm_deadline()
 
@@ -178,9 +178,7 @@ class QueueActor(Actor):
         self.state.cancelled += 1
         self._release_credits([record])
         cancelled = record.moved(TaskState.CANCELLED, at=self.wiring.clock.now())
-        self.wiring.peers.get("journal").tell(
-            Persist.model_construct(records=(cancelled,), redelivered=False)
-        )
+        self.wiring.peers.get("journal").tell(Persist.fast(records=(cancelled,), redelivered=False))
         if self.wiring.hub.active:
             self.wiring.hub.publish("task.cancelled", task_id, where="queue")
         return True

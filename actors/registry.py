@@ -105,7 +105,5 @@ class RegistryActor(Actor):
         state = self.state
         state.snapshots += 1
         self.wiring.peers.get("router").tell(
-            AgentsSnapshot.model_construct(
-                agents=state.core.views(), refs=tuple(sorted(state.refs.items()))
-            )
+            AgentsSnapshot.fast(agents=state.core.views(), refs=tuple(sorted(state.refs.items())))
         )

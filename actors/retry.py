@@ -147,12 +147,10 @@ class RetryActor(Actor):
     def _send(self, persist: list[TaskRecord], requeue: list[TaskRecord]) -> None:
         peers = self.wiring.peers
         if persist:
-            peers.get("journal").tell(
-                Persist.model_construct(records=tuple(persist), redelivered=False)
-            )
+            peers.get("journal").tell(Persist.fast(records=tuple(persist), redelivered=False))
         if requeue:
             peers.get("queue").tell(
-                Enqueue.model_construct(records=tuple(requeue), admitted=False, redelivered=False)
+                Enqueue.fast(records=tuple(requeue), admitted=False, redelivered=False)
             )
 
     def _arm(self) -> None:

@@ -179,17 +179,13 @@ class RouterActor(Actor):
         state.backlog = waiting
         if assigned:
             records = tuple(record for batch in assigned.values() for record in batch)
-            self.wiring.peers.get("journal").tell(
-                Persist.model_construct(records=records, redelivered=False)
-            )
+            self.wiring.peers.get("journal").tell(Persist.fast(records=records, redelivered=False))
             for agent_id, batch in assigned.items():
-                state.refs[agent_id].tell(
-                    Assign.model_construct(records=tuple(batch), redelivered=False)
-                )
+                state.refs[agent_id].tell(Assign.fast(records=tuple(batch), redelivered=False))
             state.routed += len(records)
             done = clock.monotonic()
             self.wiring.peers.get("performance").tell(
-                RouteLatencies.model_construct(
+                RouteLatencies.fast(
                     values=tuple((done - ready_at) * 1000.0 for ready_at in latencies)
                 )
             )
@@ -213,7 +209,7 @@ class RouterActor(Actor):
             state.backlog = keep
             state.returned += len(back)
             self.wiring.peers.get("queue").tell(
-                Enqueue.model_construct(records=tuple(back), admitted=False, redelivered=False)
+                Enqueue.fast(records=tuple(back), admitted=False, redelivered=False)
             )
 
     def _send_demand(self) -> None:
@@ -232,9 +228,7 @@ class RouterActor(Actor):
             waiting -= used
             wanted.append((view.capabilities, want - used))
         slots = tuple(wanted)
-        self.wiring.peers.get("queue").tell(
-            Demand.model_construct(slots=slots, received=state.received)
-        )
+        self.wiring.peers.get("queue").tell(Demand.fast(slots=slots, received=state.received))
         if any(free for _, free in slots) or state.backlog:
             now = self.wiring.clock.monotonic()
             state.timer.arm(self.wiring.timers, self.context.self_ref, now + DEMAND_REFRESH_S, now)
@@ -246,7 +240,7 @@ class RouterActor(Actor):
                 del state.backlog[index]
                 cancelled = record.moved(TaskState.CANCELLED, at=self.wiring.clock.now())
                 self.wiring.peers.get("journal").tell(
-                    Persist.model_construct(records=(cancelled,), redelivered=False)
+                    Persist.fast(records=(cancelled,), redelivered=False)
                 )
                 if self.wiring.hub.active:
                     self.wiring.hub.publish("task.cancelled", task_id, where="router")

@@ -2,7 +2,7 @@
 health monitor, performance tracker and journal tell each other.
 
 Messages built inside the runtime carry data that was validated once at the boundary
-(``TaskRunner.submit``), so actors build them with :meth:`pydantic.BaseModel.model_construct`
+(``TaskRunner.submit``), so actors build them with :meth:`messages.base.Message.fast`
 (no second validation on every hop); they are frozen all the same.
 """
 
@@ -257,4 +257,4 @@ class RequeueDeadLetters(Message):
 
 def construct(cls: type[Message], **fields: Any) -> Any:
     """Build a message from already-validated data without validating it again."""
-    return cls.model_construct(**fields)
+    return cls.fast(**fields)

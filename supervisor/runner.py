@@ -290,7 +290,7 @@ class TaskRunner:
         for name in PIPELINE_ACTORS:
             if name != "health":
                 health_ref.ask(
-                    Watch.model_construct(
+                    Watch.fast(
                         name=name,
                         ref=peers.get(name),
                         supervisor=system.root,
@@ -323,18 +323,16 @@ class TaskRunner:
         failed = [r for r in records if r.state in (TaskState.FAILED, TaskState.TIMED_OUT)]
         peers = self._peers
         if pending:
-            peers.get("journal").ask(
-                Persist.model_construct(records=tuple(pending), redelivered=False)
-            )
+            peers.get("journal").ask(Persist.fast(records=tuple(pending), redelivered=False))
         to_queue = [*queued, *pending]
         if to_queue:
             peers.get("queue").tell(
-                Enqueue.model_construct(records=tuple(to_queue), admitted=False, redelivered=False)
+                Enqueue.fast(records=tuple(to_queue), admitted=False, redelivered=False)
             )
         for records_batch, requeue_now in ((interrupted, True), (failed, False)):
             if records_batch:
                 peers.get("retry").tell(
-                    RetryTask.model_construct(
+                    RetryTask.fast(
                         records=tuple(records_batch),
                         permanent=tuple(False for _ in records_batch),
                         error_types=tuple("RunnerDied" for _ in records_batch),
@@ -365,11 +363,9 @@ class TaskRunner:
         if self._stopped:
             return
         queued = record.moved(TaskState.QUEUED, at=self.clock.now(), next_attempt_at=None)
-        self._peers.get("journal").tell(
-            Persist.model_construct(records=(queued,), redelivered=False)
-        )
+        self._peers.get("journal").tell(Persist.fast(records=(queued,), redelivered=False))
         self._peers.get("queue").tell(
-            Enqueue.model_construct(records=(queued,), admitted=False, redelivered=False)
+            Enqueue.fast(records=(queued,), admitted=False, redelivered=False)
         )
 
     def stop(self, *, drain: bool = True, timeout: float | None = None) -> bool:
@@ -429,11 +425,11 @@ class TaskRunner:
                 parent=self._peers.agents,
             )
             self._agents[spec.agent_id] = ref
-        answer = self._peers.get("registry").ask(RegisterAgent.model_construct(spec=spec, ref=ref))
+        answer = self._peers.get("registry").ask(RegisterAgent.fast(spec=spec, ref=ref))
         if isinstance(answer, Exception):
             raise answer
         self._peers.get("health").ask(
-            Watch.model_construct(
+            Watch.fast(
                 name=name,
                 ref=ref,
                 supervisor=self._peers.agents,
@@ -448,8 +444,8 @@ class TaskRunner:
             ref = self._agents.pop(agent_id, None)
         if ref is None:
             raise UnknownAgent(f"no agent {agent_id!r} is registered")
-        self._peers.get("registry").ask(DeregisterAgent.model_construct(agent_id=agent_id))
-        self._peers.get("health").ask(Unwatch.model_construct(name=ref.name))
+        self._peers.get("registry").ask(DeregisterAgent.fast(agent_id=agent_id))
+        self._peers.get("health").ask(Unwatch.fast(name=ref.name))
         self._require_system().stop_child(ref.name, parent=self._peers.agents)
 
     def agents(self) -> tuple[str, ...]:
@@ -502,7 +498,7 @@ class TaskRunner:
         now = self.clock.now()
         config = self.config
         records = tuple(
-            TaskRecord.model_construct(
+            TaskRecord.fast(
                 task_id=new_task_id(),
                 spec=spec,
                 state=TaskState.QUEUED,
@@ -523,7 +519,7 @@ class TaskRunner:
         )
         try:
             stored: tuple[TaskRecord, ...] = self._peers.get("journal").ask(
-                Append.model_construct(records=records, redelivered=False), timeout=60.0
+                Append.fast(records=records, redelivered=False), timeout=60.0
             )
         except BaseException:
             self._admission.release(len(records))
@@ -577,7 +573,7 @@ class TaskRunner:
         """Cancel a task wherever it is (queue, router, agent, retry wait); True if this
         call cancelled it, False if it had already finished."""
         record = self.get(task_id)
-        message = CancelTask.model_construct(task_id=record.task_id)
+        message = CancelTask.fast(task_id=record.task_id)
         for _ in range(3):  # the task may move between actors while we look
             if record.state in TERMINAL_STATES:
                 return False
@@ -597,7 +593,7 @@ class TaskRunner:
         """Put dead-lettered tasks (all, or these) back in the queue with fresh attempts."""
         ids = tuple(task_ids) if task_ids is not None else ()
         requeued = self._peers.get("journal").ask(
-            RequeueDeadLetters.model_construct(task_ids=ids, all=task_ids is None), timeout=60.0
+            RequeueDeadLetters.fast(task_ids=ids, all=task_ids is None), timeout=60.0
         )
         return len(requeued)
 
@@ -700,7 +696,7 @@ class TaskRunner:
                 raise UnknownAgent(f"no agent {actor!r}")
         else:
             ref = self._peers.get(actor)
-        ref.tell(InjectCrash.model_construct(reason=reason))
+        ref.tell(InjectCrash.fast(reason=reason))
 
     # -- internals ----------------------------------------------------------------------------
     def _rescue(self, letter: DeadLetter) -> None:
@@ -729,11 +725,9 @@ class TaskRunner:
             queued = tuple(
                 r.moved(TaskState.QUEUED, at=now, agent_id=None) for r in message.records
             )
-            self._peers.get("journal").tell(
-                Persist.model_construct(records=queued, redelivered=False)
-            )
+            self._peers.get("journal").tell(Persist.fast(records=queued, redelivered=False))
             self._peers.get("queue").tell(
-                Enqueue.model_construct(records=queued, admitted=False, redelivered=False)
+                Enqueue.fast(records=queued, admitted=False, redelivered=False)
             )
             return
         self._orphaned += len(getattr(message, "records", ()))

@@ -45,7 +45,7 @@ class _Agent:
     def view(self) -> AgentView:
         # model_construct: every field comes from an already-validated AgentSpec or was
         # range-checked on the way in, so the hot path skips re-validation (see DESIGN.md).
-        return AgentView.model_construct(
+        return AgentView.fast(
             agent_id=self.spec.agent_id,
             capabilities=self.spec.capabilities,
             max_concurrency=self.spec.max_concurrency,

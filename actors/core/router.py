@@ -233,15 +233,14 @@ class RouterCore:
             others = others[: self._max_alternatives]
         # model_construct: every value was computed here from validated views and records,
         # so re-validating on the hot path would only cost time (see DESIGN.md).
-        return RoutingDecision.model_construct(
+        return RoutingDecision.fast(
             task_id=task.task_id,
             agent_id=candidates[chosen].agent_id,
             strategy=self._strategy,
             score=scores[chosen],
             reason=reason,
             alternatives=tuple(
-                Alternative.model_construct(agent_id=agent_id, score=score)
-                for score, agent_id in others
+                Alternative.fast(agent_id=agent_id, score=score) for score, agent_id in others
             ),
         )
 

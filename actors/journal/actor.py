@@ -116,7 +116,7 @@ class JournalActor(Actor):
                 for record in fresh:
                     self.hub.publish("task.submitted", record.task_id, type=record.spec.type)
             self.peers.get("queue").tell(
-                Enqueue.model_construct(records=tuple(fresh), admitted=True, redelivered=False)
+                Enqueue.fast(records=tuple(fresh), admitted=True, redelivered=False)
             )
         for record in updates:
             if record.state in (TaskState.COMPLETED, TaskState.CANCELLED, TaskState.DEAD_LETTERED):
@@ -164,7 +164,7 @@ class JournalActor(Actor):
             store.apply((), requeued)
             self.state.commits += 1
             self.peers.get("queue").tell(
-                Enqueue.model_construct(records=tuple(requeued), admitted=False, redelivered=False)
+                Enqueue.fast(records=tuple(requeued), admitted=False, redelivered=False)
             )
             for record in requeued:
                 self.hub.publish("task.queued", record.task_id, reason="dead_letter_requeued")

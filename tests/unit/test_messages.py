@@ -161,3 +161,23 @@ def test_immutability_check() -> None:
         deep = (deep,)
     with pytest.raises(TypeError, match="deeply"):
         check_immutable(deep)
+
+
+def test_fast_construction_equals_validated_construction() -> None:
+    from messages.pipeline import AgentOutcome, Finished
+
+    fast = AgentOutcome.fast(agent_id="a", task_type="t", success=True, latency_ms=1.5)
+    assert fast == AgentOutcome(agent_id="a", task_type="t", success=True, latency_ms=1.5)
+    assert fast.end_to_end_ms is None  # default filled in
+    assert hash(Finished.fast(task_id=new_task_id(), attempt=1, ok=True)) is not None
+    with pytest.raises(ValidationError):
+        fast.agent_id = "b"  # type: ignore[misc]  # still frozen
+
+
+def test_fast_construction_refuses_unknown_and_missing_fields() -> None:
+    from messages.pipeline import AgentOutcome
+
+    with pytest.raises(TypeError, match="unknown \\['colour'\\]"):
+        AgentOutcome.fast(agent_id="a", task_type="t", success=True, latency_ms=1.0, colour=1)
+    with pytest.raises(TypeError, match="missing \\['latency_ms'\\]"):
+        AgentOutcome.fast(agent_id="a", task_type="t", success=True)
