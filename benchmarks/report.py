@@ -8,9 +8,20 @@ Figure schema (one object per number, in ``latest.json`` under ``figures``)::
     {"workload": "noop_throughput", "system": "huey", "metric": "tasks_per_s",
      "value": 41234.5, "unit": "tasks/s"}
 
-Ratio figures (for every non-floor system with a throughput figure, and every floor that
-has one) use metric ``ratio_to_<floor>`` and unit ``x``: system throughput / floor
-throughput, so 1.0 means "as fast as the floor".
+Ratio figures (unit ``x``) are ``system value / reference value`` for the same workload
+and metric:
+
+* every non-floor system gets one against each floor in ``FLOORS``, for every metric
+  both have;
+* every Arbiter system (name starting with ``arbiter``) also gets one against each peer
+  (every system that is neither a floor nor Arbiter).
+
+The metric is ``ratio_to_<reference>`` for ``tasks_per_s`` (so 1.0 means "as fast as the
+reference", higher is better) and ``<metric>_ratio_to_<reference>`` for the others, e.g.
+``end_to_end_ms_p99_ratio_to_huey`` or ``bytes_per_task_ratio_to_floor-queue`` (lower is
+better). ``tasks_per_s_single_submit`` (Arbiter only) is compared with the references'
+``tasks_per_s`` when they have no single-submit figure of their own (their enqueue is one
+call per task anyway).
 """
 
 from __future__ import annotations
@@ -28,17 +39,27 @@ from typing import Any, TypedDict
 
 NOOP_WORKLOAD = "noop_throughput"
 PACED_WORKLOAD = "paced_latency"
+SUBMIT_WORKLOAD = "durable_submit"
+MEMORY_WORKLOAD = "memory_per_queued_task"
 THROUGHPUT_METRIC = "tasks_per_s"
+SINGLE_SUBMIT_METRIC = "tasks_per_s_single_submit"
+BYTES_METRIC = "bytes_per_task"
 FLOOR_PREFIX = "floor-"
+ARBITER_PREFIX = "arbiter"
 # The floors every other system is compared with, in table order.
 FLOORS: tuple[str, ...] = ("floor-pykka-4hop", "floor-queue")
 LATENCY_PERCENTILES: tuple[str, ...] = ("p50", "p95", "p99")
 
 UNITS: dict[str, str] = {
     THROUGHPUT_METRIC: "tasks/s",
+    SINGLE_SUBMIT_METRIC: "tasks/s",
+    BYTES_METRIC: "bytes",
     **{f"end_to_end_ms_{p}": "ms" for p in LATENCY_PERCENTILES},
 }
 RATIO_UNIT = "x"
+RATIO_MARK = "ratio_to_"
+# A metric only Arbiter reports, and the metric of the references it is compared with.
+FALLBACK_REFERENCE_METRIC: dict[str, str] = {SINGLE_SUBMIT_METRIC: THROUGHPUT_METRIC}
 SCHEMA_VERSION = 1
 
 
@@ -90,12 +111,31 @@ def is_floor(system: str) -> bool:
     return system.startswith(FLOOR_PREFIX)
 
 
+def is_arbiter(system: str) -> bool:
+    return system.startswith(ARBITER_PREFIX)
+
+
+def is_peer(system: str) -> bool:
+    return not is_floor(system) and not is_arbiter(system)
+
+
+def is_ratio(metric: str) -> bool:
+    return RATIO_MARK in metric
+
+
+def ratio_metric(metric: str, reference: str) -> str:
+    """The name of the ratio of ``metric`` to the ``reference`` system."""
+    if metric == THROUGHPUT_METRIC:
+        return f"{RATIO_MARK}{reference}"
+    return f"{metric}_{RATIO_MARK}{reference}"
+
+
 def paced_workload_name(rate_per_s: float) -> str:
     return f"{PACED_WORKLOAD}_{rate_per_s:g}"
 
 
 def unit_for(metric: str) -> str:
-    if metric.startswith("ratio_to_"):
+    if is_ratio(metric):
         return RATIO_UNIT
     return UNITS.get(metric, "")
 
@@ -118,28 +158,43 @@ def build_figures(measurements: Iterable[Measurement]) -> list[Figure]:
     return figures
 
 
+def references_for(system: str, systems: Sequence[str]) -> list[str]:
+    """The systems ``system`` is compared with: the floors, and for Arbiter the peers too."""
+    if is_floor(system):
+        return []
+    refs = list(FLOORS)
+    if is_arbiter(system):
+        refs += [s for s in systems if is_peer(s)]
+    return refs
+
+
 def ratio_figures(figures: Sequence[Figure]) -> list[Figure]:
-    """``ratio_to_<floor>`` = throughput / floor throughput for each non-floor system."""
-    throughput = {
-        f["system"]: f["value"]
-        for f in figures
-        if f["workload"] == NOOP_WORKLOAD and f["metric"] == THROUGHPUT_METRIC
-    }
-    ratios: list[Figure] = []
-    for system, value in throughput.items():
-        if is_floor(system):
+    """``system value / reference value`` for every (workload, metric) both have.
+
+    See the module docstring for which references each system gets.
+    """
+    values: dict[tuple[str, str, str], float] = {}
+    systems: list[str] = []
+    for f in figures:
+        if is_ratio(f["metric"]):
             continue
-        for floor in FLOORS:
-            floor_value = throughput.get(floor)
-            if floor_value is None or floor_value <= 0 or not math.isfinite(floor_value):
+        values[(f["workload"], f["system"], f["metric"])] = f["value"]
+        if f["system"] not in systems:
+            systems.append(f["system"])
+    ratios: list[Figure] = []
+    for (workload, system, metric), value in values.items():
+        for reference in references_for(system, systems):
+            ref_value = values.get((workload, reference, metric))
+            if ref_value is None and metric in FALLBACK_REFERENCE_METRIC:
+                ref_value = values.get((workload, reference, FALLBACK_REFERENCE_METRIC[metric]))
+            if ref_value is None or not ref_value > 0 or not math.isfinite(ref_value):
                 continue
-            metric = f"ratio_to_{floor}"
             ratios.append(
                 Figure(
-                    workload=NOOP_WORKLOAD,
+                    workload=workload,
                     system=system,
-                    metric=metric,
-                    value=value / floor_value,
+                    metric=ratio_metric(metric, reference),
+                    value=value / ref_value,
                     unit=RATIO_UNIT,
                 )
             )
@@ -232,45 +287,8 @@ def _fmt_ms(value: float | None) -> str:
     return f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 
-def format_table(document: Mapping[str, Any]) -> str:
-    """A plain-text table: throughput, ratios to both floors, latency percentiles per rate."""
-    figures: list[Figure] = list(document.get("figures", []))
-    errors: list[Mapping[str, str]] = list(document.get("errors", []))
-    values = _lookup(figures)
-    rates = sorted(
-        {
-            f["workload"]
-            for f in figures
-            if f["workload"].startswith(PACED_WORKLOAD + "_") and f["unit"] == "ms"
-        },
-        key=lambda w: float(w.rsplit("_", 1)[1]),
-    )
-    header = ["system", "noop tasks/s", *(f"vs {floor}" for floor in FLOORS)]
-    header += [f"p50/p95/p99 ms @{w.rsplit('_', 1)[1]}/s" for w in rates]
-    error_by: dict[str, list[str]] = {}
-    for e in errors:
-        error_by.setdefault(e["system"], []).append(e["workload"])
-
-    rows: list[list[str]] = []
-    for system in _systems_in_order(figures, errors):
-        tps = values.get((NOOP_WORKLOAD, system, THROUGHPUT_METRIC))
-        row = [system]
-        row.append(
-            "ERROR" if tps is None and NOOP_WORKLOAD in error_by.get(system, []) else _fmt_rate(tps)
-        )
-        for floor in FLOORS:
-            if system == floor:
-                row.append("1x (floor)" if tps is not None else "-")
-            else:
-                row.append(_fmt_ratio(values.get((NOOP_WORKLOAD, system, f"ratio_to_{floor}"))))
-        for w in rates:
-            pcts = [values.get((w, system, f"end_to_end_ms_{p}")) for p in LATENCY_PERCENTILES]
-            if all(v is None for v in pcts):
-                row.append("ERROR" if w in error_by.get(system, []) else "-")
-            else:
-                row.append("/".join(_fmt_ms(v) for v in pcts))
-        rows.append(row)
-
+def _render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Aligned plain-text lines: first column left-aligned, the others right-aligned."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
@@ -279,15 +297,150 @@ def format_table(document: Mapping[str, Any]) -> str:
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
 
-    lines = [line(header), "  ".join("-" * w for w in widths)]
-    lines += [line(r) for r in rows]
+    return [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
+
+
+def _paced_workloads(figures: Sequence[Figure]) -> list[str]:
+    return sorted(
+        {
+            f["workload"]
+            for f in figures
+            if f["workload"].startswith(PACED_WORKLOAD + "_") and f["unit"] == "ms"
+        },
+        key=lambda w: float(w.rsplit("_", 1)[1]),
+    )
+
+
+# Optional columns of the main table: (workload, metric, header, formatter).
+_EXTRA_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    (SUBMIT_WORKLOAD, THROUGHPUT_METRIC, "submit tasks/s"),
+    (SUBMIT_WORKLOAD, SINGLE_SUBMIT_METRIC, "1-by-1 submit/s"),
+    (MEMORY_WORKLOAD, BYTES_METRIC, "bytes/queued task"),
+)
+
+
+def ratio_rows(figures: Sequence[Figure]) -> tuple[list[str], list[list[str]]]:
+    """The Arbiter ratio table: (references, rows of [system, workload, metric, *ratios]).
+
+    One row per raw (workload, metric) of each Arbiter system; one column per floor and
+    per peer present in the figures.
+    """
+    values = _lookup(figures)
+    order = _systems_in_order(figures, [])
+    references = list(FLOORS) + [s for s in order if is_peer(s)]
+    rows: list[list[str]] = []
+    for system in (s for s in order if is_arbiter(s)):
+        for f in figures:
+            if f["system"] != system or is_ratio(f["metric"]):
+                continue
+            row = [system, f["workload"], f["metric"]]
+            for reference in references:
+                key = (f["workload"], system, ratio_metric(f["metric"], reference))
+                row.append(_fmt_ratio(values.get(key)))
+            rows.append(row)
+    return references, rows
+
+
+def format_table(document: Mapping[str, Any]) -> str:
+    """Plain-text tables: per system the throughput, its ratio to both floors, the latency
+    percentiles per rate and the submit and memory figures; then, for Arbiter, the ratio of
+    every figure to each floor and each peer."""
+    figures: list[Figure] = list(document.get("figures", []))
+    errors: list[Mapping[str, str]] = list(document.get("errors", []))
+    values = _lookup(figures)
+    rates = _paced_workloads(figures)
+    present = {(f["workload"], f["metric"]) for f in figures}
+    extras = [c for c in _EXTRA_COLUMNS if (c[0], c[1]) in present]
+    extra_workloads = {c[0] for c in _EXTRA_COLUMNS} & {e["workload"] for e in errors}
+    extras += [c for c in _EXTRA_COLUMNS if c[0] in extra_workloads and c not in extras]
+    extras = [c for c in _EXTRA_COLUMNS if c in extras]
+    header = ["system", "noop tasks/s", *(f"vs {floor}" for floor in FLOORS)]
+    header += [f"p50/p95/p99 ms @{w.rsplit('_', 1)[1]}/s" for w in rates]
+    header += [title for _, _, title in extras]
+    error_by: dict[str, list[str]] = {}
+    for e in errors:
+        error_by.setdefault(e["system"], []).append(e["workload"])
+
+    rows: list[list[str]] = []
+    for system in _systems_in_order(figures, errors):
+        failed = error_by.get(system, [])
+        tps = values.get((NOOP_WORKLOAD, system, THROUGHPUT_METRIC))
+        row = [system]
+        row.append("ERROR" if tps is None and NOOP_WORKLOAD in failed else _fmt_rate(tps))
+        for floor in FLOORS:
+            if system == floor:
+                row.append("1x (floor)" if tps is not None else "-")
+            else:
+                row.append(_fmt_ratio(values.get((NOOP_WORKLOAD, system, f"ratio_to_{floor}"))))
+        for w in rates:
+            pcts = [values.get((w, system, f"end_to_end_ms_{p}")) for p in LATENCY_PERCENTILES]
+            if all(v is None for v in pcts):
+                row.append("ERROR" if w in failed else "-")
+            else:
+                row.append("/".join(_fmt_ms(v) for v in pcts))
+        for workload, metric, _ in extras:
+            value = values.get((workload, system, metric))
+            if value is None:
+                row.append("ERROR" if workload in failed else "-")
+            else:
+                row.append(_fmt_rate(value) if metric != BYTES_METRIC else f"{value:,.0f}")
+        rows.append(row)
+
+    lines = _render(header, rows)
+    references, arbiter_rows = ratio_rows(figures)
+    if arbiter_rows:
+        lines += [
+            "",
+            "Arbiter / reference, same workload and metric "
+            "(tasks/s: higher is better; ms and bytes: lower is better)",
+            *_render(["arbiter", "workload", "metric", *references], arbiter_rows),
+        ]
     lines += [f"error: {e['system']} / {e['workload']}: {e['error']}" for e in errors]
     lines += [f"skipped: {s['system']}: {s['reason']}" for s in document.get("skipped", [])]
     return "\n".join(lines)
 
 
+def _color(system: str) -> str:
+    if is_floor(system):
+        return "#888888"
+    if is_arbiter(system):
+        return "#ff7f0e"
+    return "#1f77b4"
+
+
+def _bar_panel(
+    ax: Any,
+    values: Mapping[tuple[str, str, str], float],
+    systems: Sequence[str],
+    workload: str,
+    metric: str,
+    title: str,
+    ylabel: str,
+) -> None:
+    data = [(s, values[(workload, s, metric)]) for s in systems if (workload, s, metric) in values]
+    if data:
+        names = [s for s, _ in data]
+        bars = ax.bar(names, [v for _, v in data], color=[_color(s) for s in names])
+        ax.set_yscale("log")
+        floor_ref = values.get((workload, FLOORS[0], metric))
+        for bar, (s, v) in zip(bars, data, strict=True):
+            label = f"{v:,.0f}"
+            if floor_ref and not is_floor(s):
+                label += f"\n{v / floor_ref:.2f}x"
+            ax.annotate(
+                label, (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8
+            )
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.tick_params(axis="x", rotation=30)
+
+
 def write_plot(document: Mapping[str, Any], path: Path) -> Path | None:
-    """Bar plot of throughput (and latency, when measured). Returns None without matplotlib."""
+    """Bar plots: throughput, latency, submit rate and memory (those measured).
+
+    Returns None without matplotlib. Floors are grey, Arbiter orange, peers blue; the
+    ratio under a bar is to ``floor-pykka-4hop``.
+    """
     try:
         import matplotlib
     except ImportError:
@@ -298,38 +451,32 @@ def write_plot(document: Mapping[str, Any], path: Path) -> Path | None:
     figures: list[Figure] = list(document.get("figures", []))
     values = _lookup(figures)
     systems = _systems_in_order(figures, [])
-    tput = [
-        (s, values[(NOOP_WORKLOAD, s, THROUGHPUT_METRIC)])
-        for s in systems
-        if (NOOP_WORKLOAD, s, THROUGHPUT_METRIC) in values
+    paced = _paced_workloads(figures)
+    present = {f["workload"] for f in figures}
+    bar_panels = [
+        (NOOP_WORKLOAD, THROUGHPUT_METRIC, "no-op throughput (median)", "tasks/s (log scale)"),
+        (
+            SUBMIT_WORKLOAD,
+            THROUGHPUT_METRIC,
+            "submit rate, no consumer (median)",
+            "tasks/s (log scale)",
+        ),
+        (MEMORY_WORKLOAD, BYTES_METRIC, "memory per queued task (tracemalloc)", "bytes (log)"),
     ]
-    paced = sorted(
-        {f["workload"] for f in figures if f["workload"].startswith(PACED_WORKLOAD + "_")},
-        key=lambda w: float(w.rsplit("_", 1)[1]),
-    )
-    panels = 1 + (1 if paced else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 5), squeeze=False)
-    ax = axes[0][0]
-    if tput:
-        names = [s for s, _ in tput]
-        heights = [v for _, v in tput]
-        colors = ["#888888" if is_floor(s) else "#1f77b4" for s in names]
-        bars = ax.bar(names, heights, color=colors)
-        ax.set_yscale("log")
-        floor_ref = values.get((NOOP_WORKLOAD, FLOORS[0], THROUGHPUT_METRIC))
-        for bar, (s, v) in zip(bars, tput, strict=True):
-            label = f"{v:,.0f}"
-            if floor_ref and not is_floor(s):
-                label += f"\n{v / floor_ref:.2f}x"
-            ax.annotate(
-                label, (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8
-            )
-    ax.set_title("no-op throughput (median; grey = floors)")
-    ax.set_ylabel("tasks/s (log scale)")
-    ax.tick_params(axis="x", rotation=30)
-
+    panels: list[Any] = [bar_panels[0]]
     if paced:
-        ax2 = axes[0][1]
+        panels.append("paced")
+    panels += [p for p in bar_panels[1:] if p[0] in present]
+    ncols = min(2, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7 * ncols, 5 * nrows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, panel in zip(flat, panels, strict=False):
+        if panel != "paced":
+            _bar_panel(ax, values, systems, *panel)
+            continue
         lat_systems = [
             s for s in systems if any((w, s, "end_to_end_ms_p50") in values for w in paced)
         ]
@@ -339,18 +486,19 @@ def write_plot(document: Mapping[str, Any], path: Path) -> Path | None:
             for pi, pct in enumerate(("p50", "p99")):
                 xs = [i + (2 * wi + pi) * width - 0.4 + width / 2 for i in range(len(lat_systems))]
                 ys = [values.get((w, s, f"end_to_end_ms_{pct}"), math.nan) for s in lat_systems]
-                ax2.bar(xs, ys, width=width, label=f"{pct} @{rate}/s")
-        ax2.set_xticks(range(len(lat_systems)))
-        ax2.set_xticklabels(lat_systems, rotation=30)
-        ax2.set_yscale("log")
-        ax2.set_ylabel("end-to-end latency, ms (log scale)")
-        ax2.set_title("paced (open-loop) latency")
-        ax2.legend(fontsize=8)
+                ax.bar(xs, ys, width=width, label=f"{pct} @{rate}/s")
+        ax.set_xticks(range(len(lat_systems)))
+        ax.set_xticklabels(lat_systems, rotation=30)
+        ax.set_yscale("log")
+        ax.set_ylabel("end-to-end latency, ms (log scale)")
+        ax.set_title("paced (open-loop) latency", fontsize=10)
+        ax.legend(fontsize=8)
 
     machine = document.get("machine", {})
     fig.suptitle(
         f"Arbiter benchmarks {document.get('started_at', '')} - "
-        f"{machine.get('cpu_count', '?')} cpus, python {machine.get('python', '?')}",
+        f"{machine.get('cpu_count', '?')} cpus, python {machine.get('python', '?')} "
+        "(grey: floors, orange: Arbiter, blue: peers; ratio to floor-pykka-4hop under bars)",
         fontsize=10,
     )
     fig.tight_layout()

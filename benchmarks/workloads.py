@@ -5,8 +5,11 @@
   end-to-end latency.
 * ``open_loop``: submits on a fixed schedule regardless of completions (no coordinated
   omission); latency is measured from the *scheduled* submit time to completion.
-* ``run_noop_throughput`` / ``run_paced_latency``: call a system under a watchdog so that a
-  hanging system becomes an error entry instead of hanging the whole run.
+* ``submit_rate`` / ``traced_bytes_per_task``: the measurements of ``durable_submit`` (tasks
+  handed over per second with no consumer) and ``memory_per_queued_task`` (tracemalloc).
+* ``run_noop_throughput`` / ``run_paced_latency`` / ``run_repeated`` / ``run_once``: call a
+  system under a watchdog so that a hanging system becomes an error entry instead of
+  hanging the whole run.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import math
 import statistics
 import threading
 import time
-from collections.abc import Callable
+import tracemalloc
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from benchmarks.report import (
@@ -76,6 +80,16 @@ def paced_timeout_s(rate_per_s: float, n: int) -> float:
     return 30.0 + n / rate_per_s
 
 
+def submit_timeout_s(n: int) -> float:
+    """Internal timeout of a ``durable_submit`` run (generous: >= 500 submits/s)."""
+    return 30.0 + n / 500.0
+
+
+def memory_timeout_s(n: int) -> float:
+    """Internal timeout of a ``memory_per_queued_task`` run (tracemalloc slows everything)."""
+    return 60.0 + n / 250.0
+
+
 def throughput(n: int, started_at: float, completion: Completion) -> float:
     """Tasks per second from the first enqueue to the last completion."""
     elapsed = completion.finished_at - started_at
@@ -102,6 +116,46 @@ def open_loop(submit: Callable[[float], Any], rate_per_s: float, n: int) -> None
         if delay > 0:
             sleep(delay)
         submit(due)
+
+
+def submit_rate(n: int, submit_all: Callable[[], Any]) -> float:
+    """Tasks per second handed over by ``submit_all()`` (which submits n tasks): from just
+    before the first submit to the return of the last one. No consumer is running."""
+    started = clock()
+    submit_all()
+    elapsed = clock() - started
+    if not elapsed > 0:
+        raise RuntimeError(f"non-positive elapsed time {elapsed!r}")
+    return n / elapsed
+
+
+def traced_bytes_per_task(
+    n: int, fill: Callable[[], Any], settle: Callable[[], Any] | None = None
+) -> float:
+    """Bytes still allocated (tracemalloc) after ``fill()`` queued n tasks, per task.
+
+    Tracing starts after the system is set up (its fixed cost is not counted) and stops
+    before it is torn down; ``settle()`` waits until the tasks sit where they stay (e.g. in
+    a queue actor) and garbage is collected before the reading. Only allocations through
+    Python's allocators are seen: memory a C library mallocs itself (e.g. SQLite's page
+    cache) is not.
+    """
+    if n <= 0:
+        raise ValueError("n must be positive")
+    if tracemalloc.is_tracing():
+        raise RuntimeError("tracemalloc is already tracing")
+    gc.collect()
+    tracemalloc.start(1)
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        fill()
+        if settle is not None:
+            settle()
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return (after - baseline) / n
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -217,4 +271,64 @@ def run_paced_latency(
         f"  {name}: {workload}: p50 {metrics['end_to_end_ms_p50']:.2f} ms, "
         f"p95 {metrics['end_to_end_ms_p95']:.2f} ms, p99 {metrics['end_to_end_ms_p99']:.2f} ms"
     )
+    return Measurement(workload=workload, system=name, metrics=metrics)
+
+
+def _checked_metrics(value: Any) -> dict[str, float]:
+    if not isinstance(value, Mapping) or not value:
+        raise TypeError(f"expected a non-empty mapping of metrics, got {value!r}")
+    metrics = {str(k): float(v) for k, v in value.items()}
+    bad = {k: v for k, v in metrics.items() if not (v >= 0 and math.isfinite(v))}
+    if bad:
+        raise ValueError(f"invalid metric values {bad!r}")
+    return metrics
+
+
+def run_repeated(
+    workload: str,
+    name: str,
+    call: Callable[[], Mapping[str, float]],
+    repeats: int,
+    timeout_s: float,
+    primary: str,
+    log: Callable[[str], None] = print,
+) -> Measurement | ErrorEntry:
+    """Median (per metric) of ``repeats`` calls returning ``{metric: value}``; the raw
+    values of the ``primary`` metric are kept as the samples."""
+    runs: list[dict[str, float]] = []
+    for i in range(repeats):
+        _settle()
+        try:
+            metrics = _checked_metrics(call_with_timeout(call, timeout_s))
+        except Exception as exc:
+            log(f"  {name}: {workload} run {i + 1}/{repeats} failed: {_describe(exc)}")
+            return ErrorEntry(workload, name, _describe(exc))
+        runs.append(metrics)
+        shown = ", ".join(f"{k} {v:,.0f}" for k, v in metrics.items())
+        log(f"  {name}: {workload} run {i + 1}/{repeats}: {shown}")
+    keys = [k for k in runs[0] if all(k in r for r in runs)]
+    return Measurement(
+        workload=workload,
+        system=name,
+        metrics={k: statistics.median(r[k] for r in runs) for k in keys},
+        samples=tuple(r[primary] for r in runs if primary in r),
+    )
+
+
+def run_once(
+    workload: str,
+    name: str,
+    call: Callable[[], Mapping[str, float]],
+    timeout_s: float,
+    log: Callable[[str], None] = print,
+) -> Measurement | ErrorEntry:
+    """One call returning ``{metric: value}`` under a watchdog."""
+    _settle()
+    try:
+        metrics = _checked_metrics(call_with_timeout(call, timeout_s))
+    except Exception as exc:
+        log(f"  {name}: {workload} failed: {_describe(exc)}")
+        return ErrorEntry(workload, name, _describe(exc))
+    shown = ", ".join(f"{k} {v:,.1f}" for k, v in metrics.items())
+    log(f"  {name}: {workload}: {shown}")
     return Measurement(workload=workload, system=name, metrics=metrics)

@@ -148,5 +148,30 @@ class Message(BaseModel):
         _set(message, "__pydantic_private__", None)
         return message
 
+    def evolve(self, **changes: Any) -> Self:
+        """A copy with ``changes`` (values already valid), without validation.
 
+        Cheaper than ``model_copy(update=...)`` on the hot path: copies share one "fields
+        set" object per class (holding every field name), where pydantic would copy a set
+        per instance. Unknown field names raise ``TypeError``.
+        """
+        cls = type(self)
+        every = _ALL_FIELDS.get(cls)
+        if every is None:
+            every = _ALL_FIELDS[cls] = set(cls.model_fields)
+        if not changes.keys() <= every:
+            raise TypeError(f"{cls.__name__}.evolve: unknown {sorted(changes.keys() - every)}")
+        data = self.__dict__.copy()
+        data.update(changes)
+        copy = cls.__new__(cls)
+        _set = object.__setattr__
+        _set(copy, "__dict__", data)
+        _set(copy, "__pydantic_fields_set__", every)
+        _set(copy, "__pydantic_extra__", None)
+        _set(copy, "__pydantic_private__", None)
+        return copy
+
+
+# Shared by every copy evolve() makes of a class; pydantic only ever mutates its own copies.
+_ALL_FIELDS: dict[type[Message], set[str]] = {}
 _FAST_SHAPES: dict[type[Message], tuple[dict[str, Any], frozenset[str], frozenset[str]]] = {}

@@ -238,7 +238,7 @@ class TaskRecord(Message):
     ) -> TaskRecord:
         """A copy of this record in state ``target``; raises InvalidTransition if forbidden."""
         check_transition(self.state, target, task_id=self.task_id, manual=manual)
-        return self.model_copy(update={"state": target, "updated_at": at, **changes})
+        return self.evolve(state=target, updated_at=at, **changes)
 
     @property
     def is_terminal(self) -> bool:

@@ -209,7 +209,7 @@ class _Batch:
         if existing is not None:
             self.duplicates += 1
             return existing
-        stored = record.model_copy(update={"sequence": store._next_sequence})
+        stored = record.evolve(sequence=store._next_sequence)
         store._next_sequence += 1
         self._put(stored, None)
         if key is not None:
@@ -235,7 +235,7 @@ class _Batch:
             if new_key is not None:
                 self._set_key(new_key, record.task_id)
         if record.sequence != current.sequence:
-            record = record.model_copy(update={"sequence": current.sequence})
+            record = record.evolve(sequence=current.sequence)
         self._put(record, current)
         self.updated += 1
 

@@ -181,3 +181,18 @@ def test_fast_construction_refuses_unknown_and_missing_fields() -> None:
         AgentOutcome.fast(agent_id="a", task_type="t", success=True, latency_ms=1.0, colour=1)
     with pytest.raises(TypeError, match="missing \\['latency_ms'\\]"):
         AgentOutcome.fast(agent_id="a", task_type="t", success=True)
+
+
+def test_evolve_copies_with_changes_and_leaves_the_original_alone() -> None:
+    from messages.pipeline import AgentOutcome
+
+    first = AgentOutcome(agent_id="a", task_type="t", success=True, latency_ms=1.0)
+    second = first.evolve(success=False, latency_ms=2.0)
+    assert (first.success, first.latency_ms) == (True, 1.0)
+    assert second == AgentOutcome(agent_id="a", task_type="t", success=False, latency_ms=2.0)
+    # pydantic's own copy still works on an evolved model (the shared set is never mutated).
+    third = second.model_copy(update={"agent_id": "b"})
+    assert third.agent_id == "b"
+    assert second.evolve().model_fields_set == set(AgentOutcome.model_fields)
+    with pytest.raises(TypeError, match="unknown \\['colour'\\]"):
+        first.evolve(colour="red")
