@@ -109,3 +109,30 @@ def test_the_demo_prints_a_table_without_json(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert "throughput_per_s" in out
     assert "lost" in out
+
+
+def test_an_actor_that_stops_making_progress_is_reported_and_replaced(
+    logs: list[dict[str, Any]],
+) -> None:
+    release = threading.Event()
+    blocked = threading.Event()
+
+    def stuck_once(event: LifecycleEvent) -> None:
+        if not blocked.is_set():
+            blocked.set()
+            release.wait(WAIT_S)  # the events actor's thread is stuck here
+
+    config = RunnerConfig(health_interval_s=0.02, heartbeat_timeout_s=0.2)
+    with TaskRunner.start(config) as runner:
+        try:
+            runner.subscribe(stuck_once)
+            runner.register_agent(AgentSpec(agent_id="a", capabilities={"t"}), noop)
+            runner.submit(type="t").result(WAIT_S)  # tasks still run: events are a side show
+            assert blocked.wait(WAIT_S)
+            wait_for(lambda: runner.status()["actors"]["events"]["restarts"] >= 1)
+        finally:
+            release.set()
+    names = [e["event"] for e in logs]
+    assert "health.unresponsive" in names
+    assert "supervisor.child_unresponsive" in names
+    assert any(e["event"] == "supervisor.child_restarted" and e["child"] == "events" for e in logs)
