@@ -1,12 +1,13 @@
 """``python -m benchmarks``: run floors, peers (and Arbiter, when registered) in one process.
 
 Writes ``<out>/latest.json`` and ``<out>/latest.png`` and prints a table with the ratios
-to both floors. See ``benchmarks/README.md``.
+to both floors (and, for Arbiter, to each peer). See ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 import sys
 import time
@@ -17,17 +18,24 @@ from typing import Any
 
 from benchmarks import report, systems, workloads
 from benchmarks.peers import PEER_THREADS
-from benchmarks.report import NOOP_WORKLOAD, PACED_WORKLOAD, RunResult
+from benchmarks.report import (
+    MEMORY_WORKLOAD,
+    NOOP_WORKLOAD,
+    PACED_WORKLOAD,
+    SUBMIT_WORKLOAD,
+    THROUGHPUT_METRIC,
+    RunResult,
+)
 
-WORKLOADS: tuple[str, ...] = (NOOP_WORKLOAD, PACED_WORKLOAD)
+WORKLOADS: tuple[str, ...] = (NOOP_WORKLOAD, PACED_WORKLOAD, SUBMIT_WORKLOAD, MEMORY_WORKLOAD)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DEFAULT_RATES: tuple[float, ...] = (500.0, 1000.0)
 
-# (noop tasks, paced tasks per rate) per run size.
-SIZES: dict[str, tuple[int, int]] = {
-    "quick": (5_000, 1_000),
-    "default": (20_000, 3_000),
-    "full": (100_000, 10_000),
+# (noop and submit tasks, paced tasks per rate, queued tasks for memory) per run size.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "quick": (5_000, 1_000, 20_000),
+    "default": (20_000, 3_000, 100_000),
+    "full": (100_000, 10_000, 1_000_000),
 }
 
 
@@ -41,8 +49,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Benchmark Arbiter against floors and peer task queues (one process run).",
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="5k no-op tasks, 1k paced tasks")
-    size.add_argument("--full", action="store_true", help="100k no-op tasks, 10k paced tasks")
+    size.add_argument(
+        "--quick", action="store_true", help="5k no-op tasks, 1k paced tasks, 20k queued"
+    )
+    size.add_argument(
+        "--full", action="store_true", help="100k no-op tasks, 10k paced tasks, 1M queued"
+    )
     parser.add_argument("--systems", type=_csv, default=None, help="comma list (default: all)")
     parser.add_argument(
         "--workloads",
@@ -51,9 +63,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"comma list of {', '.join(WORKLOADS)} (default: all)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
-    parser.add_argument("--n", type=int, default=None, help="override the no-op task count")
+    parser.add_argument(
+        "--n", type=int, default=None, help="override the no-op (and submit) task count"
+    )
     parser.add_argument("--paced-n", type=int, default=None, help="override the paced task count")
-    parser.add_argument("--repeats", type=int, default=3, help="no-op repeats (median taken)")
+    parser.add_argument(
+        "--memory-n", type=int, default=None, help="override the queued task count (memory)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="no-op and submit repeats (median taken)"
+    )
     parser.add_argument(
         "--rates",
         type=lambda v: [float(x) for x in _csv(v)],
@@ -69,14 +88,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="list the systems and exit")
     args = parser.parse_args(argv)
     args.size = "quick" if args.quick else "full" if args.full else "default"
-    noop_n, paced_n = SIZES[args.size]
+    noop_n, paced_n, memory_n = SIZES[args.size]
     args.n = args.n or noop_n
     args.paced_n = args.paced_n or paced_n
+    args.memory_n = args.memory_n or memory_n
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
-    if args.n <= 0 or args.paced_n <= 0 or args.repeats <= 0 or args.peer_threads <= 0:
-        parser.error("--n, --paced-n, --repeats and --peer-threads must be positive")
+    sizes = (args.n, args.paced_n, args.memory_n, args.repeats, args.peer_threads)
+    if any(v <= 0 for v in sizes):
+        parser.error("--n, --paced-n, --memory-n, --repeats and --peer-threads must be positive")
     if any(r <= 0 for r in args.rates):
         parser.error("--rates must be positive")
     return args
@@ -128,8 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(name)
         return 0
 
-    for name in systems.PEER_SYSTEMS:
-        systems.SYSTEMS[name].threads = args.peer_threads
+    # Peers and Arbiter run with the same number of worker/handler threads.
+    for name, system in systems.SYSTEMS.items():
+        if not report.is_floor(name) and hasattr(system, "threads"):
+            system.threads = args.peer_threads
 
     result = RunResult(started_at=_now(), machine=report.machine_info())
     result.config = {
@@ -138,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "noop_repeats": args.repeats,
         "paced_n": args.paced_n,
         "paced_rates_per_s": args.rates,
+        "submit_n": args.n,
+        "memory_n": args.memory_n,
         "peer_threads": args.peer_threads,
         "workloads": args.workloads,
         "systems": selected,
@@ -154,20 +179,45 @@ def main(argv: Sequence[str] | None = None) -> int:
             result.skipped[name] = reason
         else:
             runnable.append((name, system))
+            described = systems.settings_of(system)
+            if described is not None:
+                result.config.setdefault("system_settings", {})[name] = described
 
     t0 = time.monotonic()
     if NOOP_WORKLOAD in args.workloads:
         print(f"== {NOOP_WORKLOAD}: {args.n:,} no-op tasks, median of {args.repeats}")
         for name, system in runnable:
+            if not systems.supports(system, NOOP_WORKLOAD):
+                print(f"  {name}: no {NOOP_WORKLOAD}, not run")
+                continue
             _record(result, workloads.run_noop_throughput(name, system, args.n, args.repeats))
     if PACED_WORKLOAD in args.workloads:
         for rate in args.rates:
             print(f"== {PACED_WORKLOAD}: {args.paced_n:,} tasks offered open-loop at {rate:g}/s")
-            for name, system in runnable:
-                if not systems.supports_paced(system):
-                    print(f"  {name}: no paced_latency, not run")
-                    continue
+            for name, system in _supporting(runnable, PACED_WORKLOAD):
                 _record(result, workloads.run_paced_latency(name, system, rate, args.paced_n))
+    if SUBMIT_WORKLOAD in args.workloads:
+        print(f"== {SUBMIT_WORKLOAD}: {args.n:,} tasks, no consumer, median of {args.repeats}")
+        for name, system in _supporting(runnable, SUBMIT_WORKLOAD):
+            outcome = workloads.run_repeated(
+                SUBMIT_WORKLOAD,
+                name,
+                functools.partial(system.durable_submit, args.n),
+                args.repeats,
+                workloads.submit_timeout_s(args.n) + 30.0,
+                primary=THROUGHPUT_METRIC,
+            )
+            _record(result, outcome)
+    if MEMORY_WORKLOAD in args.workloads:
+        print(f"== {MEMORY_WORKLOAD}: {args.memory_n:,} tasks queued, no consumer (tracemalloc)")
+        for name, system in _supporting(runnable, MEMORY_WORKLOAD):
+            outcome = workloads.run_once(
+                MEMORY_WORKLOAD,
+                name,
+                functools.partial(system.memory_per_queued_task, args.memory_n),
+                workloads.memory_timeout_s(args.memory_n) + 30.0,
+            )
+            _record(result, outcome)
     result.finished_at = _now()
     result.config["elapsed_s"] = round(time.monotonic() - t0, 1)
 
@@ -185,6 +235,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {json_path}")
     print(f"wrote {png_path}" if png_path else "no plot: matplotlib is not installed")
     return 0
+
+
+def _supporting(runnable: list[tuple[str, Any]], workload: str) -> list[tuple[str, Any]]:
+    selected = []
+    for name, system in runnable:
+        if systems.supports(system, workload):
+            selected.append((name, system))
+        else:
+            print(f"  {name}: no {workload}, not run")
+    return selected
 
 
 def _record(result: RunResult, outcome: report.Measurement | report.ErrorEntry) -> None:

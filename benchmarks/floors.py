@@ -6,6 +6,12 @@
   actor1 -> actor2 -> actor3 -> actor4, which counts and sets an Event at N. This is the
   cost of a pipeline of 4 actor hops per task with no batching at all, the floor Arbiter's
   own actor pipeline is compared with.
+
+With no consumer (``durable_submit``, ``memory_per_queued_task``): ``floor-queue`` puts the
+items into a SimpleQueue nobody reads; ``floor-pykka-4hop`` tells them to the head actor of
+the chain, which is held busy on its first message, so the rest wait in its inbox (one pykka
+envelope each; the other hops are not involved). Neither is durable: they are the cost of
+the bare hand-off, the ceiling for the submit path.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import queue
 import threading
 from typing import Any
 
+from benchmarks.report import BYTES_METRIC, THROUGHPUT_METRIC
 from benchmarks.workloads import (
     Completion,
     clock,
@@ -21,7 +28,9 @@ from benchmarks.workloads import (
     noop_timeout_s,
     open_loop,
     paced_timeout_s,
+    submit_rate,
     throughput,
+    traced_bytes_per_task,
 )
 
 _STOP = object()
@@ -76,6 +85,29 @@ class QueueFloor:
             paced_timeout_s(rate_per_s, n),
         )
         return latency_result(completion)
+
+    def durable_submit(self, n: int) -> dict[str, float]:
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        put = q.put
+
+        def submit_all() -> None:
+            for _ in range(n):
+                put(None)
+
+        return {THROUGHPUT_METRIC: submit_rate(n, submit_all)}
+
+    def memory_per_queued_task(self, n: int) -> dict[str, float]:
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+        def fill() -> None:
+            put = q.put
+            for _ in range(n):
+                put(None)
+
+        value = traced_bytes_per_task(n, fill)
+        if q.qsize() != n:
+            raise RuntimeError(f"{q.qsize()} items queued, expected {n}")
+        return {BYTES_METRIC: value}
 
 
 class PykkaFloor:
@@ -142,3 +174,40 @@ class PykkaFloor:
             paced_timeout_s(rate_per_s, n),
         )
         return latency_result(completion)
+
+    def _held(self, measure: Any) -> Any:
+        """Run ``measure(tell)`` against a head actor held busy: what is told stays queued."""
+        import pykka
+
+        release = threading.Event()
+
+        class Held(pykka.ThreadingActor):
+            def on_receive(self, message: Any) -> None:
+                release.wait(60.0)
+
+        ref = Held.start()
+        try:
+            return measure(ref.tell)
+        finally:
+            release.set()
+            ref.stop(block=True, timeout=60.0)
+
+    def durable_submit(self, n: int) -> dict[str, float]:
+        def measure(tell: Any) -> float:
+            def submit_all() -> None:
+                for _ in range(n):
+                    tell(None)
+
+            return submit_rate(n, submit_all)
+
+        return {THROUGHPUT_METRIC: self._held(measure)}
+
+    def memory_per_queued_task(self, n: int) -> dict[str, float]:
+        def measure(tell: Any) -> float:
+            def fill() -> None:
+                for _ in range(n):
+                    tell(None)
+
+            return traced_bytes_per_task(n, fill)
+
+        return {BYTES_METRIC: self._held(measure)}

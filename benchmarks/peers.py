@@ -22,6 +22,13 @@ the shared ``Completion`` counter. Throughput = N / (last completion - first enq
   backend). kombu's memory transport polls (``polling_interval`` 1 s by default); it is set
   to 10 ms through ``broker_transport_options``. A fresh queue name per run, because the
   memory transport's queues are process-global.
+
+``durable_submit`` and ``memory_per_queued_task`` set the same broker/app up without the
+worker/consumer and enqueue from the calling thread: the rate of the enqueue calls, and the
+tracemalloc bytes the queued messages hold. None of these brokers is durable (they are
+in-memory): the figures are the cost of each peer's submit path, the reference for
+Arbiter's. The celery queue is deleted afterwards (its messages would otherwise stay in
+the process-global memory transport).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+from benchmarks.report import BYTES_METRIC, THROUGHPUT_METRIC
 from benchmarks.workloads import (
     Completion,
     clock,
@@ -40,7 +48,9 @@ from benchmarks.workloads import (
     noop_timeout_s,
     open_loop,
     paced_timeout_s,
+    submit_rate,
     throughput,
+    traced_bytes_per_task,
 )
 
 PEER_THREADS = 4
@@ -71,8 +81,11 @@ class _Peer:
     def unavailable_reason(self) -> str | None:
         return _missing(self.module)
 
-    def _session(self, completion: Completion) -> AbstractContextManager[Enqueue]:
-        """Set the peer up, yield its enqueue function, tear it down."""
+    def _session(
+        self, completion: Completion, consume: bool = True
+    ) -> AbstractContextManager[Enqueue]:
+        """Set the peer up (with its worker unless ``consume`` is False), yield its enqueue
+        function, tear it down."""
         raise NotImplementedError
 
     def noop_throughput(self, n: int) -> float:
@@ -91,13 +104,31 @@ class _Peer:
             completion.wait(paced_timeout_s(rate_per_s, n))
         return latency_result(completion)
 
+    def durable_submit(self, n: int) -> dict[str, float]:
+        with self._session(Completion(n), consume=False) as enqueue:
+
+            def submit_all() -> None:
+                for _ in range(n):
+                    enqueue(None)
+
+            return {THROUGHPUT_METRIC: submit_rate(n, submit_all)}
+
+    def memory_per_queued_task(self, n: int) -> dict[str, float]:
+        with self._session(Completion(n), consume=False) as enqueue:
+
+            def fill() -> None:
+                for _ in range(n):
+                    enqueue(None)
+
+            return {BYTES_METRIC: traced_bytes_per_task(n, fill)}
+
 
 class DramatiqPeer(_Peer):
     module = "dramatiq"
     packages = ("dramatiq",)
 
     @contextmanager
-    def _session(self, completion: Completion) -> Iterator[Enqueue]:
+    def _session(self, completion: Completion, consume: bool = True) -> Iterator[Enqueue]:
         import dramatiq
         from dramatiq.brokers.stub import StubBroker
 
@@ -117,11 +148,13 @@ class DramatiqPeer(_Peer):
             max_retries=0,
         )(bench_noop)
         worker = dramatiq.Worker(broker, worker_timeout=100, worker_threads=self.threads)
-        worker.start()
+        if consume:
+            worker.start()
         try:
             yield actor.send
         finally:
-            worker.stop(timeout=5000)
+            if consume:
+                worker.stop(timeout=5000)
             broker.close()
 
 
@@ -132,7 +165,7 @@ class HueyPeer(_Peer):
     max_delay_s = 0.01
 
     @contextmanager
-    def _session(self, completion: Completion) -> Iterator[Enqueue]:
+    def _session(self, completion: Completion, consume: bool = True) -> Iterator[Enqueue]:
         from huey import MemoryHuey  # type: ignore[import-untyped]
         from huey.consumer import Consumer  # type: ignore[import-untyped]
 
@@ -161,6 +194,9 @@ class HueyPeer(_Peer):
             check_worker_health=False,
             shutdown_timeout=5.0,
         )
+        if not consume:
+            yield bench_noop
+            return
         consumer.start()
         try:
             yield bench_noop
@@ -174,7 +210,7 @@ class CeleryPeer(_Peer):
     polling_interval_s = 0.001
 
     @contextmanager
-    def _session(self, completion: Completion) -> Iterator[Enqueue]:
+    def _session(self, completion: Completion, consume: bool = True) -> Iterator[Enqueue]:
         from celery import Celery  # type: ignore[import-untyped]
         from celery.contrib.testing.worker import start_worker  # type: ignore[import-untyped]
 
@@ -201,6 +237,9 @@ class CeleryPeer(_Peer):
         logging.getLogger("celery").setLevel(logging.WARNING)
         worker: Any = None
         try:
+            if not consume:
+                yield bench_noop.delay
+                return
             with start_worker(
                 app,
                 pool="threads",
@@ -216,4 +255,8 @@ class CeleryPeer(_Peer):
             pool = getattr(worker, "pool", None)
             if pool is not None:
                 pool.stop()
+            if not consume:
+                # Unconsumed messages would stay in the process-global memory transport.
+                with app.connection_for_write() as connection:
+                    connection.default_channel.queue_delete(f"bench-{run}")
             app.close()

@@ -266,7 +266,8 @@ def _systems_in_order(figures: Sequence[Figure], errors: Sequence[Mapping[str, s
         if name not in seen:
             seen.append(name)
     floors = [f for f in FLOORS if f in seen] + [s for s in seen if is_floor(s) and s not in FLOORS]
-    return floors + [s for s in seen if not is_floor(s)]
+    # Floors, then Arbiter, then the peers, each group in order of first appearance.
+    return floors + [s for s in seen if is_arbiter(s)] + [s for s in seen if is_peer(s)]
 
 
 def _fmt_rate(value: float | None) -> str:
@@ -278,7 +279,12 @@ def _fmt_rate(value: float | None) -> str:
 def _fmt_ratio(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.3f}x" if value < 10 else f"{value:.1f}x"
+    if value >= 10:
+        return f"{value:.1f}x"
+    if value >= 0.01 or value <= 0 or not math.isfinite(value):
+        return f"{value:.3f}x"
+    # Two significant digits, never in exponent notation: 0.0042x, 0.000094x.
+    return f"{value:.{1 - math.floor(math.log10(value))}f}x"
 
 
 def _fmt_ms(value: float | None) -> str:
@@ -311,7 +317,7 @@ def _paced_workloads(figures: Sequence[Figure]) -> list[str]:
     )
 
 
-# Optional columns of the main table: (workload, metric, header, formatter).
+# Optional columns of the main table, shown when measured: (workload, metric, header).
 _EXTRA_COLUMNS: tuple[tuple[str, str, str], ...] = (
     (SUBMIT_WORKLOAD, THROUGHPUT_METRIC, "submit tasks/s"),
     (SUBMIT_WORKLOAD, SINGLE_SUBMIT_METRIC, "1-by-1 submit/s"),
@@ -350,10 +356,8 @@ def format_table(document: Mapping[str, Any]) -> str:
     values = _lookup(figures)
     rates = _paced_workloads(figures)
     present = {(f["workload"], f["metric"]) for f in figures}
-    extras = [c for c in _EXTRA_COLUMNS if (c[0], c[1]) in present]
-    extra_workloads = {c[0] for c in _EXTRA_COLUMNS} & {e["workload"] for e in errors}
-    extras += [c for c in _EXTRA_COLUMNS if c[0] in extra_workloads and c not in extras]
-    extras = [c for c in _EXTRA_COLUMNS if c in extras]
+    failed_workloads = {e["workload"] for e in errors}
+    extras = [c for c in _EXTRA_COLUMNS if (c[0], c[1]) in present or c[0] in failed_workloads]
     header = ["system", "noop tasks/s", *(f"vs {floor}" for floor in FLOORS)]
     header += [f"p50/p95/p99 ms @{w.rsplit('_', 1)[1]}/s" for w in rates]
     header += [title for _, _, title in extras]
@@ -426,10 +430,11 @@ def _bar_panel(
         for bar, (s, v) in zip(bars, data, strict=True):
             label = f"{v:,.0f}"
             if floor_ref and not is_floor(s):
-                label += f"\n{v / floor_ref:.2f}x"
+                label += f"\n{_fmt_ratio(v / floor_ref)}"
             ax.annotate(
                 label, (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8
             )
+        ax.set_ylim(top=max(v for _, v in data) * 4)  # room for the labels (log scale)
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(ylabel)
     ax.tick_params(axis="x", rotation=30)

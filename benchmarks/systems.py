@@ -6,9 +6,15 @@ A system object provides (see ``System``):
   to the last completion (counted inside the task);
 * ``paced_latency(rate_per_s, n) -> {"end_to_end_ms": {"p50", "p95", "p99"}}``: submit n
   tasks open-loop at the given rate, latency from scheduled submit time to completion;
-  optional: a system without it is simply not run on that workload;
+* ``durable_submit(n) -> {"tasks_per_s": ...}``: hand n tasks over with no consumer running
+  (Arbiter adds ``tasks_per_s_single_submit``);
+* ``memory_per_queued_task(n) -> {"bytes_per_task": ...}``: tracemalloc bytes per task with
+  n tasks queued and no consumer;
+
+  every method is optional: a system without it is simply not run on that workload;
 * optionally ``unavailable_reason() -> str | None`` (a reason to skip it, e.g. a missing
-  package) and ``packages`` (distribution names whose versions go into the report).
+  package), ``packages`` (distribution names whose versions go into the report) and
+  ``settings() -> dict`` (how it is set up, recorded in the report's config).
 
 Floors are the systems whose name starts with ``floor-``; every other system gets ratio
 figures against them.
@@ -87,6 +93,16 @@ def unavailable_reason(system: Any) -> str | None:
 
 def supports_paced(system: Any) -> bool:
     return callable(getattr(system, "paced_latency", None))
+
+
+def supports(system: Any, workload: str) -> bool:
+    """True if the system has the method of that workload (named like the workload)."""
+    return callable(getattr(system, workload, None))
+
+
+def settings_of(system: Any) -> dict[str, Any] | None:
+    describe = getattr(system, "settings", None)
+    return dict(describe()) if callable(describe) else None
 
 
 def packages_of(name: str, system: Any) -> tuple[str, ...]:

@@ -140,3 +140,231 @@ def test_a_failing_or_hanging_system_becomes_an_error_entry() -> None:
     assert isinstance(hung, ErrorEntry)
     assert hung.workload == "paced_latency_500"
     assert "WatchdogTimeout" in hung.error
+
+
+def _with_arbiter() -> list[Measurement]:
+    lat = {"end_to_end_ms_p50": 1.0, "end_to_end_ms_p95": 2.0, "end_to_end_ms_p99": 4.0}
+    return [
+        Measurement("noop_throughput", "floor-pykka-4hop", {"tasks_per_s": 80_000.0}),
+        Measurement("noop_throughput", "floor-queue", {"tasks_per_s": 400_000.0}),
+        Measurement("noop_throughput", "arbiter-memory", {"tasks_per_s": 4_000.0}),
+        Measurement("noop_throughput", "huey", {"tasks_per_s": 40_000.0}),
+        Measurement("noop_throughput", "celery", {"tasks_per_s": 2_000.0}),
+        Measurement("paced_latency_500", "floor-queue", {k: v / 10 for k, v in lat.items()}),
+        Measurement("paced_latency_500", "arbiter-memory", lat),
+        Measurement("paced_latency_500", "huey", {k: v * 2 for k, v in lat.items()}),
+        Measurement("durable_submit", "floor-queue", {"tasks_per_s": 1_000_000.0}),
+        Measurement(
+            "durable_submit",
+            "arbiter-sqlite-fsync",
+            {"tasks_per_s": 10_000.0, "tasks_per_s_single_submit": 2_000.0},
+        ),
+        Measurement("durable_submit", "huey", {"tasks_per_s": 50_000.0}),
+        Measurement("memory_per_queued_task", "floor-queue", {"bytes_per_task": 8.0}),
+        Measurement("memory_per_queued_task", "arbiter-memory", {"bytes_per_task": 2_000.0}),
+        Measurement("memory_per_queued_task", "huey", {"bytes_per_task": 250.0}),
+    ]
+
+
+def _ratios(figures: list[report.Figure]) -> dict[tuple[str, str, str], float]:
+    return {
+        (f["workload"], f["system"], f["metric"]): f["value"] for f in figures if f["unit"] == "x"
+    }
+
+
+def test_ratio_metric_names_and_units() -> None:
+    assert report.ratio_metric("tasks_per_s", "huey") == "ratio_to_huey"
+    assert report.ratio_metric("end_to_end_ms_p99", "huey") == "end_to_end_ms_p99_ratio_to_huey"
+    assert report.unit_for("bytes_per_task_ratio_to_floor-queue") == "x"
+    assert report.unit_for("bytes_per_task") == "bytes"
+    assert report.unit_for("tasks_per_s_single_submit") == "tasks/s"
+    assert report.is_ratio("ratio_to_celery")
+    assert not report.is_ratio("tasks_per_s")
+
+
+def test_references_arbiter_gets_floors_and_peers_peers_get_floors() -> None:
+    order = ["floor-queue", "arbiter-memory", "arbiter-sqlite", "dramatiq", "huey"]
+    floors = ["floor-pykka-4hop", "floor-queue"]
+    assert report.references_for("arbiter-sqlite", order) == [*floors, "dramatiq", "huey"]
+    assert report.references_for("huey", order) == floors
+    assert report.references_for("floor-queue", order) == []
+
+
+def test_every_arbiter_figure_gets_a_ratio_to_floors_and_peers() -> None:
+    ratios = _ratios(report.build_figures(_with_arbiter()))
+    noop = "noop_throughput"
+    assert ratios[(noop, "arbiter-memory", "ratio_to_floor-pykka-4hop")] == pytest.approx(0.05)
+    assert ratios[(noop, "arbiter-memory", "ratio_to_floor-queue")] == pytest.approx(0.01)
+    assert ratios[(noop, "arbiter-memory", "ratio_to_huey")] == pytest.approx(0.1)
+    assert ratios[(noop, "arbiter-memory", "ratio_to_celery")] == pytest.approx(2.0)
+    paced = "paced_latency_500"
+    for pct in ("p50", "p95", "p99"):
+        metric = f"end_to_end_ms_{pct}"
+        assert ratios[(paced, "arbiter-memory", f"{metric}_ratio_to_floor-queue")] == pytest.approx(
+            10.0
+        )
+        assert ratios[(paced, "arbiter-memory", f"{metric}_ratio_to_huey")] == pytest.approx(0.5)
+    mem = "memory_per_queued_task"
+    assert ratios[(mem, "arbiter-memory", "bytes_per_task_ratio_to_floor-queue")] == 250.0
+    assert ratios[(mem, "arbiter-memory", "bytes_per_task_ratio_to_huey")] == 8.0
+    # No ratio to a reference without that figure (celery has no latency), nor between
+    # Arbiter systems.
+    assert (paced, "arbiter-memory", "end_to_end_ms_p50_ratio_to_celery") not in ratios
+    assert not any("ratio_to_arbiter" in metric for _, _, metric in ratios)
+
+
+def test_peers_get_ratios_to_floors_only_on_every_shared_metric() -> None:
+    ratios = _ratios(report.build_figures(_with_arbiter()))
+    huey = {(w, m): v for (w, s, m), v in ratios.items() if s == "huey"}
+    assert huey == {
+        ("noop_throughput", "ratio_to_floor-pykka-4hop"): pytest.approx(0.5),
+        ("noop_throughput", "ratio_to_floor-queue"): pytest.approx(0.1),
+        ("paced_latency_500", "end_to_end_ms_p50_ratio_to_floor-queue"): pytest.approx(20.0),
+        ("paced_latency_500", "end_to_end_ms_p95_ratio_to_floor-queue"): pytest.approx(20.0),
+        ("paced_latency_500", "end_to_end_ms_p99_ratio_to_floor-queue"): pytest.approx(20.0),
+        ("durable_submit", "ratio_to_floor-queue"): pytest.approx(0.05),
+        ("memory_per_queued_task", "bytes_per_task_ratio_to_floor-queue"): pytest.approx(31.25),
+    }
+
+
+def test_single_submit_is_compared_with_the_references_tasks_per_s() -> None:
+    ratios = _ratios(report.build_figures(_with_arbiter()))
+    key = ("durable_submit", "arbiter-sqlite-fsync", "tasks_per_s_single_submit_ratio_to_huey")
+    assert ratios[key] == pytest.approx(2_000 / 50_000)
+    # A reference with its own single-submit figure is compared with that one.
+    figures = report.build_figures(
+        [
+            Measurement("durable_submit", "arbiter-x", {"tasks_per_s_single_submit": 10.0}),
+            Measurement(
+                "durable_submit",
+                "huey",
+                {"tasks_per_s": 1000.0, "tasks_per_s_single_submit": 100.0},
+            ),
+        ]
+    )
+    assert _ratios(figures) == {
+        ("durable_submit", "arbiter-x", "tasks_per_s_single_submit_ratio_to_huey"): 0.1
+    }
+
+
+def test_no_ratio_against_a_zero_or_missing_reference() -> None:
+    figures = report.build_figures(
+        [
+            Measurement("memory_per_queued_task", "floor-queue", {"bytes_per_task": 0.0}),
+            Measurement("memory_per_queued_task", "arbiter-memory", {"bytes_per_task": 10.0}),
+        ]
+    )
+    assert _ratios(figures) == {}
+
+
+def test_table_shows_new_columns_and_the_arbiter_ratio_table(tmp_path: Path) -> None:
+    result = RunResult(
+        started_at="2024-01-01T00:00:00+00:00",
+        measurements=_with_arbiter(),
+        errors=[ErrorEntry("durable_submit", "celery", "TimeoutError: stuck")],
+    )
+    document = report.to_document(result)
+    table = report.format_table(document)
+    lines = table.splitlines()
+    assert "submit tasks/s" in lines[0]
+    assert "1-by-1 submit/s" in lines[0]
+    assert "bytes/queued task" in lines[0]
+    celery_row = next(line for line in lines if line.startswith("celery"))
+    assert "ERROR" in celery_row
+    arbiter_row = next(line for line in lines if line.startswith("arbiter-memory"))
+    assert "2,000" in arbiter_row  # bytes per task
+
+    references, rows = report.ratio_rows(document["figures"])
+    assert references == ["floor-pykka-4hop", "floor-queue", "huey", "celery"]
+    by_metric = {(r[0], r[1], r[2]): r[3:] for r in rows}
+    assert by_metric[("arbiter-memory", "noop_throughput", "tasks_per_s")] == [
+        "0.050x",
+        "0.010x",
+        "0.100x",
+        "2.000x",
+    ]
+    assert by_metric[("arbiter-memory", "memory_per_queued_task", "bytes_per_task")] == [
+        "-",
+        "250.0x",
+        "8.000x",
+        "-",
+    ]
+    assert ("arbiter-sqlite-fsync", "durable_submit", "tasks_per_s_single_submit") in by_metric
+    assert all(r[0].startswith("arbiter") for r in rows)
+    assert "Arbiter / reference" in table
+
+    pytest.importorskip("matplotlib")
+    png = report.write_plot(document, tmp_path / "latest.png")
+    assert png is not None
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ratio_format_keeps_small_ratios_readable() -> None:
+    assert report._fmt_ratio(0.5) == "0.500x"
+    assert report._fmt_ratio(0.0042) == "0.0042x"
+    assert report._fmt_ratio(9.4e-05) == "0.000094x"
+    assert report._fmt_ratio(0.0) == "0.000x"
+    assert report._fmt_ratio(250.0) == "250.0x"
+
+
+def test_submit_rate_and_traced_bytes_per_task() -> None:
+    assert workloads.submit_rate(100, lambda: sum(range(1000))) > 0
+    kept: list[bytes] = []
+
+    def fill() -> None:
+        kept.extend(bytes(1000) for _ in range(200))
+
+    per_task = workloads.traced_bytes_per_task(200, fill)
+    assert 1000 <= per_task < 2000
+    assert len(kept) == 200
+    with pytest.raises(ValueError, match="positive"):
+        workloads.traced_bytes_per_task(0, fill)
+
+
+def test_run_repeated_takes_the_median_per_metric_and_keeps_samples() -> None:
+    values = iter([{"tasks_per_s": 3.0, "x": 1.0}, {"tasks_per_s": 1.0, "x": 5.0}] * 2)
+    outcome = workloads.run_repeated(
+        "durable_submit", "s", lambda: next(values), 3, 5.0, "tasks_per_s", log=lambda _: None
+    )
+    assert isinstance(outcome, Measurement)
+    assert outcome.metrics == {"tasks_per_s": 3.0, "x": 1.0}
+    assert outcome.samples == (3.0, 1.0, 3.0)
+
+
+def test_run_once_turns_bad_values_and_failures_into_errors() -> None:
+    ok = workloads.run_once("m", "s", lambda: {"bytes_per_task": 8.0}, 5.0, log=lambda _: None)
+    assert ok == Measurement("m", "s", {"bytes_per_task": 8.0})
+    bad = workloads.run_once("m", "s", lambda: {"bytes_per_task": -1.0}, 5.0, log=lambda _: None)
+    assert isinstance(bad, ErrorEntry)
+    assert "invalid metric values" in bad.error
+
+    def boom() -> dict[str, float]:
+        raise RuntimeError("boom")
+
+    assert workloads.run_once("m", "s", boom, 5.0, log=lambda _: None) == ErrorEntry(
+        "m", "s", "RuntimeError: boom"
+    )
+
+
+def test_cli_sizes_and_workload_support() -> None:
+    from benchmarks import __main__ as cli
+    from benchmarks import systems
+
+    quick = cli.parse_args(["--quick"])
+    assert (quick.n, quick.paced_n, quick.memory_n) == (5_000, 1_000, 20_000)
+    full = cli.parse_args(["--full", "--memory-n", "7"])
+    assert (full.n, full.memory_n) == (100_000, 7)
+    assert cli.parse_args([]).memory_n == 100_000
+    assert set(cli.WORKLOADS) >= {"durable_submit", "memory_per_queued_task"}
+
+    class OnlySubmit:
+        def durable_submit(self, n: int) -> dict[str, float]:
+            return {"tasks_per_s": float(n)}
+
+        def settings(self) -> dict[str, int]:
+            return {"agents": 1}
+
+    assert systems.supports(OnlySubmit(), "durable_submit")
+    assert not systems.supports(OnlySubmit(), "noop_throughput")
+    assert systems.settings_of(OnlySubmit()) == {"agents": 1}
+    assert systems.settings_of(object()) is None
