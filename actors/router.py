@@ -178,8 +178,10 @@ class RouterActor(Actor):
         waiting.extend(backlog)
         state.backlog = waiting
         if assigned:
+            # ASSIGNED is not written to the store: recovery would treat an assigned task
+            # that never started exactly like a queued one, so the write would buy nothing
+            # and cost one of four writes per task. The agent writes RUNNING.
             records = tuple(record for batch in assigned.values() for record in batch)
-            self.wiring.peers.get("journal").tell(Persist.fast(records=records, redelivered=False))
             for agent_id, batch in assigned.items():
                 state.refs[agent_id].tell(Assign.fast(records=tuple(batch), redelivered=False))
             state.routed += len(records)

@@ -580,6 +580,8 @@ class TaskRunner:
             holders = [self._peers.get(name) for name in ("queue", "router", "retry")]
             if record.agent_id is not None and record.agent_id in self._agents:
                 holders.append(self._agents[record.agent_id])
+            else:  # assigned but not started yet: the store does not know the agent
+                holders.extend(self._agents[agent_id] for agent_id in sorted(self._agents))
             for ref in holders:
                 if ref.ask(message):
                     # The holder sent the CANCELLED record to the journal before answering;
