@@ -1,0 +1,100 @@
+"""A runner restarted on the same SQLite file picks up where the last one stopped."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+from actors.journal import open_store
+from messages import AgentSpec, TaskState, utcnow
+from supervisor import RunnerConfig, TaskContext, TaskRunner
+from tests.conftest import WAIT_S
+
+
+def record_key(seen: list[str | None], lock: threading.Lock):  # type: ignore[no-untyped-def]
+    def handler(task: TaskContext) -> int:
+        with lock:
+            seen.append(task.idempotency_key)
+        return task.attempt
+
+    return handler
+
+
+def test_queued_tasks_survive_a_stop_and_run_after_restart(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    first = TaskRunner.start(RunnerConfig(store=url))
+    ids = [
+        h.task_id for h in first.submit_many([{"type": "t", "priority": n % 3} for n in range(50)])
+    ]
+    assert first.stop(drain=False) is False  # nothing could run: no agent
+    seen: list[str | None] = []
+    second = TaskRunner.start(RunnerConfig(store=url))
+    try:
+        second.register_agent(
+            AgentSpec(agent_id="a", capabilities={"t"}), record_key(seen, threading.Lock())
+        )
+        assert [second.handle(i).result(WAIT_S) for i in ids] == [1] * 50
+        assert second.status()["recovered"] == 50
+    finally:
+        second.stop()
+    assert len(seen) == 50
+
+
+def test_an_interrupted_attempt_counts_and_retry_wait_keeps_its_due_time(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    first = TaskRunner.start(RunnerConfig(store=url))
+    running, waiting, exhausted = first.submit_many(
+        [{"type": "t"}, {"type": "t"}, {"type": "t", "max_attempts": 1}]
+    )
+    first.stop(drain=False)
+    # Make the store look like a runner died mid-flight: one task RUNNING (attempt 1), one
+    # RUNNING on its last attempt, one waiting for a retry due in the past.
+    now = utcnow()
+    with open_store(url) as store:
+        records = [store.get(h.task_id) for h in (running, waiting, exhausted)]
+        assert all(r is not None for r in records)
+        r0, r1, r2 = records  # type: ignore[misc]
+        store.apply(
+            (),
+            [
+                r0.evolve(state=TaskState.RUNNING, attempt=1, agent_id="gone"),
+                r1.evolve(
+                    state=TaskState.RETRY_WAIT,
+                    attempt=1,
+                    next_attempt_at=now - timedelta(seconds=1),
+                ),
+                r2.evolve(state=TaskState.RUNNING, attempt=1, agent_id="gone"),
+            ],
+        )
+    seen: list[str | None] = []
+    second = TaskRunner.start(RunnerConfig(store=url, backoff_base_s=0.001))
+    try:
+        second.register_agent(
+            AgentSpec(agent_id="a", capabilities={"t"}), record_key(seen, threading.Lock())
+        )
+        assert second.handle(running.task_id).result(WAIT_S) == 2  # attempt 1 counted
+        assert second.handle(waiting.task_id).result(WAIT_S) == 2
+        dead = second.handle(exhausted.task_id)
+        assert second.wait(dead.task_id, WAIT_S).state is TaskState.DEAD_LETTERED
+        assert "attempts_exhausted" in (dead.record().last_error or "")
+    finally:
+        second.stop()
+
+
+def test_idempotency_keys_deduplicate_across_restarts(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    with TaskRunner.start(RunnerConfig(store=url)) as first:
+        original = first.submit(type="t", idempotency_key="order-42")
+        again = first.submit(type="t", idempotency_key="order-42")
+        assert again.task_id == original.task_id
+        first.stop(drain=False)
+    seen: list[str | None] = []
+    with TaskRunner.start(RunnerConfig(store=url)) as second:
+        assert second.submit(type="t", idempotency_key="order-42").task_id == original.task_id
+        second.register_agent(
+            AgentSpec(agent_id="a", capabilities={"t"}), record_key(seen, threading.Lock())
+        )
+        assert second.handle(original.task_id).result(WAIT_S) == 1
+        assert second.status()["counts"]["completed"] == 1
+    assert seen == ["order-42"]  # the handler sees the key, to make its effect exactly-once
