@@ -1,10 +1,14 @@
-"""The journal's store backends: memory, sqlite (and postgres, later), behind one contract.
+"""The journal's store backends: memory, sqlite and postgres, behind one contract.
+
+``PostgresStore`` is imported on first use, so psycopg is needed only for postgres.
 
 >>> from messages import TaskState
 >>> store = open_store("memory://")
 >>> store.counts()[TaskState.QUEUED]
 0
 """
+
+from typing import TYPE_CHECKING
 
 from actors.journal.memory import MemoryStore
 from actors.journal.sqlite import SqliteStore
@@ -18,10 +22,14 @@ from actors.journal.store import (
     store_for_url,
 )
 
+if TYPE_CHECKING:
+    from actors.journal.postgres import PostgresStore
+
 __all__ = [
     "SCHEMA_VERSION",
     "Durability",
     "MemoryStore",
+    "PostgresStore",
     "SqliteStore",
     "StoreStatistics",
     "TaskStore",
@@ -29,3 +37,12 @@ __all__ = [
     "redact_url",
     "store_for_url",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``PostgresStore``, imported lazily (it needs psycopg)."""
+    if name == "PostgresStore":
+        from actors.journal.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

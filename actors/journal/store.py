@@ -11,7 +11,10 @@ Supported URLs::
     sqlite:///relative/path.db                  a file relative to the working directory
     sqlite:////absolute/path.db                 an absolute path
     sqlite:///tasks.db?durability=fsync&busy_timeout=2.5
-    postgresql://user:password@host/db          recognised, not available yet
+    postgresql://user:password@host:5432/db     PostgreSQL (needs the ``postgres`` extra)
+    postgres://host/db?schema=arbiter&sslmode=require
+                                                tables in schema ``arbiter`` (default public);
+                                                other options go to libpq
 """
 
 from __future__ import annotations
@@ -211,8 +214,6 @@ def store_for_url(url: str) -> TaskStore:
     Raises ValueError for a malformed URL or unknown scheme, and
     :class:`~messages.StoreUnavailable` for a backend that is not available.
     """
-    from messages import StoreUnavailable
-
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep:
@@ -229,7 +230,7 @@ def store_for_url(url: str) -> TaskStore:
     if scheme == "sqlite":
         return _sqlite_for_url(url)
     if scheme in _POSTGRES_SCHEMES or scheme.startswith("postgresql+"):
-        raise StoreUnavailable(f"postgres backend not available yet ({redact_url(url)})")
+        return _postgres_for_url(url)
     raise ValueError(
         f"unknown store scheme {scheme!r} in {redact_url(url)!r}; "
         "supported: memory://, sqlite:///path, postgresql://"
@@ -242,6 +243,20 @@ def open_store(url: str) -> TaskStore:
     Call it in the thread that will own the store.
     """
     return store_for_url(url).open()
+
+
+def _postgres_for_url(url: str) -> TaskStore:
+    """A :class:`~actors.journal.postgres.PostgresStore`; psycopg is imported only here."""
+    from messages import StoreUnavailable
+
+    try:
+        from actors.journal.postgres import PostgresStore
+    except ImportError as exc:
+        raise StoreUnavailable(
+            f"the postgres store {redact_url(url)} needs psycopg 3 and psycopg-pool "
+            f"(pip install 'arbiter-taskrunner[postgres]'): {exc}"
+        ) from None
+    return PostgresStore(url)
 
 
 def _sqlite_for_url(url: str) -> TaskStore:

@@ -1,16 +1,25 @@
 """The contract every journal store backend keeps, run against each of them.
 
 A backend is a :class:`Backend`: it makes a fresh open store and can close and re-open it
-(for sqlite: a new object on the same file, so what is checked comes from disk).
+(for sqlite and postgres: a new object on the same data, so what is checked comes from the
+database).
+
+The postgres backend runs against ``postgresql://127.0.0.1:5432/test`` (override with the
+environment variable ``ARBITER_TEST_POSTGRES_URL``), each test in a fresh schema of its own,
+dropped afterwards. When PostgreSQL is unreachable those tests skip, saying why; when the
+environment variable ``CI`` is set they fail instead.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -33,7 +42,6 @@ from messages import (
     Attempt,
     InvalidMessage,
     StoreError,
-    StoreUnavailable,
     TaskRecord,
     TaskSpec,
     TaskState,
@@ -104,12 +112,83 @@ def sqlite_backend(directory: Path) -> Backend:
     return Backend("sqlite", lambda: open_store(f"sqlite:///{path}"), reopen)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    """Each backend in turn."""
+POSTGRES_URL = os.environ.get("ARBITER_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+
+
+@functools.cache
+def postgres_unreachable() -> str | None:
+    """Why the test database cannot be used, or None when it can (asked once a run)."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        return f"psycopg is not installed ({exc}); pip install -e '.[postgres]'"
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return (
+            f"PostgreSQL at {redact_url(POSTGRES_URL)} is unreachable: {' '.join(str(exc).split())}"
+        )
+    return None
+
+
+def require_postgres() -> None:
+    """Skip the calling test when PostgreSQL is unreachable; under ``CI``, fail it."""
+    reason = postgres_unreachable()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so the postgres tests must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def with_schema(url: str, schema: str) -> str:
+    """``url`` with the store option ``schema=`` added."""
+    return f"{url}{'&' if '?' in url else '?'}schema={schema}"
+
+
+def run_sql(statement: Any, params: Any = None) -> list[Any]:
+    """Run one statement on the test database (autocommit); return its rows, if any."""
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, connect_timeout=3, autocommit=True) as conn:
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+@contextmanager
+def postgres_schema(*, create: bool = True) -> Iterator[tuple[str, str]]:
+    """A fresh schema with a random name, as (schema, store URL); dropped afterwards."""
+    from psycopg import sql
+
+    require_postgres()
+    schema = f"arbiter_test_{uuid.uuid4().hex[:16]}"
+    if create:
+        run_sql(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield schema, with_schema(POSTGRES_URL, schema)
+    finally:
+        run_sql(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def postgres_backend(url: str) -> Backend:
+    def reopen(store: TaskStore) -> TaskStore:
+        store.close()
+        return open_store(url)
+
+    return Backend("postgresql", lambda: open_store(url), reopen)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each backend in turn (postgres: in a fresh schema, dropped after the test)."""
     if request.param == "memory":
-        return memory_backend()
-    return sqlite_backend(tmp_path)
+        yield memory_backend()
+    elif request.param == "sqlite":
+        yield sqlite_backend(tmp_path)
+    else:
+        with postgres_schema() as (_, url):
+            yield postgres_backend(url)
 
 
 @pytest.fixture
@@ -556,12 +635,24 @@ def test_unknown_scheme_error_hides_the_password() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["postgresql://me:hunter2@db:5432/arbiter", "postgres://db/x", "postgresql+psycopg://x"]
+    ("url", "schema"),
+    [
+        ("postgresql://me:hunter2@db:5432/arbiter", "public"),
+        ("postgres://db/x?schema=jobs&sslmode=disable", "jobs"),
+        ("postgresql+psycopg://x?schema=My%20Schema", "My Schema"),
+        ("POSTGRESQL://db/x?connect_timeout=2", "public"),
+    ],
 )
-def test_postgres_is_recognised_but_not_available_yet(url: str) -> None:
-    with pytest.raises(StoreUnavailable, match="postgres backend not available yet") as caught:
-        open_store(url)
-    assert "hunter2" not in str(caught.value)
+def test_postgres_urls_make_an_unopened_postgres_store(url: str, schema: str) -> None:
+    pytest.importorskip("psycopg")
+    from actors.journal import PostgresStore
+
+    store = store_for_url(url)
+    assert isinstance(store, PostgresStore)
+    assert not store.is_open
+    assert store.schema == schema
+    assert store.url == redact_url(url)
+    assert "hunter2" not in repr(store)
 
 
 @pytest.mark.parametrize(
