@@ -272,13 +272,8 @@ class AgentExecutor(Actor):
         record = run.record
         latency_ms = max(0.0, (message.ended - run.started) * 1000.0)
         agent_id = state.spec.agent_id
-        attempt = Attempt.fast(
-            number=record.attempt,
-            agent_id=agent_id,
-            started_at=record.updated_at,
-            ended_at=now,
-            outcome="completed" if message.ok else "failed",
-            error=message.error,
+        attempt = _attempt(
+            record, agent_id, now, "completed" if message.ok else "failed", message.error
         )
         hub = self.wiring.hub
         if message.ok:
@@ -335,14 +330,7 @@ class AgentExecutor(Actor):
         record = run.record
         timeout_s = record.spec.timeout_s
         error = f"TaskTimeout: attempt {record.attempt} ran longer than {timeout_s}s"
-        attempt = Attempt.fast(
-            number=record.attempt,
-            agent_id=state.spec.agent_id,
-            started_at=record.updated_at,
-            ended_at=now,
-            outcome="timed_out",
-            error=error,
-        )
+        attempt = _attempt(record, state.spec.agent_id, now, "timed_out", error)
         timed_out = record.moved(
             TaskState.TIMED_OUT, at=now, last_error=error, history=(*record.history, attempt)
         )
@@ -385,14 +373,7 @@ class AgentExecutor(Actor):
             self._stop_attempt(run)
             record = run.record
             error = f"{error_type}: {why} during attempt {record.attempt}"
-            attempt = Attempt.fast(
-                number=record.attempt,
-                agent_id=state.spec.agent_id,
-                started_at=record.updated_at,
-                ended_at=now,
-                outcome="abandoned",
-                error=error,
-            )
+            attempt = _attempt(record, state.spec.agent_id, now, "abandoned", error)
             failed = record.moved(
                 TaskState.FAILED, at=now, last_error=error, history=(*record.history, attempt)
             )
@@ -436,6 +417,20 @@ class AgentExecutor(Actor):
             peers.get("router").tell(Released.fast(agent_id=agent_id, outcomes=tuple(out.released)))
         if out.outcomes:
             peers.get("performance").tell(Outcomes.fast(items=tuple(out.outcomes)))
+
+
+def _attempt(
+    record: TaskRecord, agent_id: str, now: datetime, outcome: str, error: str | None
+) -> Attempt:
+    """The history entry of the attempt ``record`` (RUNNING since its ``updated_at``)."""
+    return Attempt.fast(
+        number=record.attempt,
+        agent_id=agent_id,
+        started_at=record.updated_at,
+        ended_at=now,
+        outcome=outcome,
+        error=error,
+    )
 
 
 class _Workers:
