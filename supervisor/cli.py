@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from actors.base import Actor
+from supervisor.commands import add_commands
 from supervisor.demo import add_demo_parser
 from supervisor.logging import configure_logging
 from supervisor.strategy import ChildSpec, Strategy
@@ -102,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     sup.add_argument("--json", action="store_true", help="print the summary as JSON")
     sup.set_defaults(run=_supervision_demo)
     add_demo_parser(sub)
+    add_commands(sub)
     return parser
 
 

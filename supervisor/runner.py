@@ -129,6 +129,9 @@ class RunnerConfig(BaseModel):
     performance_interval_s: float = Field(default=1.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
     journal_batch: int = Field(default=512, ge=1)
+    recover: bool = True
+    """On start, put the store's unfinished tasks back in the pipeline. False for a
+    short-lived runner that only submits (``arbiter submit``) to a store a worker uses."""
     prefetch: float = Field(default=0.0, ge=0)
     """Tasks the router takes from the queue ahead of free slots, per agent, as a multiple
     of its max_concurrency. 0 (default): a task leaves the queue only for a free slot, so
@@ -222,7 +225,8 @@ class TaskRunner:
             raise
         system.dead_letter_office.subscribe(self._rescue)
         self._accepting = True
-        self._recover()
+        if config.recover:
+            self._recover()
         self._hub.publish("runner.started", None, runner_id=config.runner_id, store=self._store.url)
         _log.info("runner.started", runner_id=config.runner_id, store=self._store.url)
 
