@@ -98,3 +98,42 @@ def test_idempotency_keys_deduplicate_across_restarts(tmp_path: Path) -> None:
         assert second.handle(original.task_id).result(WAIT_S) == 1
         assert second.status()["counts"]["completed"] == 1
     assert seen == ["order-42"]  # the handler sees the key, to make its effect exactly-once
+
+
+def test_a_corrupt_store_is_a_clear_error_naming_the_file(tmp_path: Path) -> None:
+    import pytest
+
+    from messages import StoreCorrupt
+
+    bad = tmp_path / "not-a-db.db"
+    bad.write_bytes(b"this is not an sqlite file" * 100)
+    with pytest.raises(StoreCorrupt, match=r"not-a-db\.db"):
+        TaskRunner.start(RunnerConfig(store=f"sqlite:///{bad}"))
+    assert bad.read_bytes() == b"this is not an sqlite file" * 100  # left as it was
+
+
+def test_a_locked_store_fails_the_submit_clearly_and_loses_nothing(tmp_path: Path) -> None:
+    import sqlite3
+
+    import pytest
+
+    from messages import StoreUnavailable
+
+    path = tmp_path / "locked.db"
+    url = f"sqlite:///{path}?busy_timeout=0.1"
+    with TaskRunner.start(RunnerConfig(store=url)) as runner:
+        kept = runner.submit(type="t")
+        holder = sqlite3.connect(path)
+        holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+        try:
+            with pytest.raises(StoreUnavailable, match=r"locked\.db"):
+                runner.submit(type="t")
+        finally:
+            holder.rollback()
+            holder.close()
+        again = runner.submit(type="t")  # the lock is gone: the runner carries on
+        assert runner.restarts() <= 1  # the journal may have been restarted; no escalation
+        assert runner.get(kept.task_id).state is TaskState.QUEUED
+        assert runner.get(again.task_id).state is TaskState.QUEUED
+        assert runner.status()["counts"]["queued"] == 2  # the refused submit stored nothing
+        runner.stop(drain=False)
