@@ -214,8 +214,16 @@ class AgentExecutor(Actor):
         hub = self.wiring.hub
         agent_id = state.spec.agent_id
         for record in message.records:
-            if record.task_id in state.running:
-                continue  # a redelivered Assign
+            old = state.running.get(record.task_id)
+            if old is not None:
+                if record.attempt < old.record.attempt:
+                    continue  # a redelivered Assign (of the attempt that runs now)
+                # Shared store: this runner lost the lease while the attempt ran (it was
+                # paused), the task was rescued and claimed again, here. The old attempt
+                # is a zombie now (its writes are fenced); run the new one.
+                del state.running[record.task_id]
+                self._stop_attempt(old)
+                state.zombies += 1
             running = record.moved(TaskState.RUNNING, at=now, attempt=record.attempt + 1)
             spec = running.spec
             context = TaskContext(

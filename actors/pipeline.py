@@ -80,6 +80,7 @@ class Peers:
     queue: ActorRef | None = None
     router: ActorRef | None = None
     agents: ActorRef | None = None  # the agents' supervisor
+    claimer: ActorRef | None = None  # shared mode only (a store many runners share)
 
     def get(self, name: str) -> ActorRef:
         """The reference of a peer; raises if the runner is not wired yet."""

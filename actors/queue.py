@@ -18,7 +18,17 @@ from typing import Any
 from actors.base import Actor
 from actors.core.queue import RoutingKey, TaskQueueCore, routing_key
 from actors.pipeline import TickTimer, Wiring
-from messages.pipeline import CancelTask, Demand, Enqueue, InjectCrash, Persist, TasksReady, Tick
+from messages.pipeline import (
+    CancelTask,
+    Demand,
+    Enqueue,
+    InjectCrash,
+    Persist,
+    Refill,
+    TasksReady,
+    Tick,
+    Wake,
+)
 from messages.task import TaskRecord, TaskState
 
 __all__ = ["QueueActor", "QueueState"]
@@ -36,6 +46,7 @@ class QueueState:
     expired: int = 0
     cancelled: int = 0
     dispatched: int = 0  # tasks sent to the router in all (the router counts receipts)
+    refill_below: int | None = None  # shared mode: wake the claimer below this depth
 
 
 class QueueActor(Actor):
@@ -65,11 +76,15 @@ class QueueActor(Actor):
             self.state.demand = demand
             self.state.known_capabilities = tuple(caps for caps, _ in message.slots)
             self._dispatch()
+            self._check_refill(on_demand=True)
         elif isinstance(message, Tick):
             self.state.timer.fired()
             self._expire()
         elif isinstance(message, CancelTask):
             return self._cancel(message.task_id)
+        elif isinstance(message, Refill):
+            self.state.refill_below = message.below
+            self._check_refill(on_demand=False)
         elif isinstance(message, InjectCrash):
             raise RuntimeError(message.reason)
         else:
@@ -100,6 +115,7 @@ class QueueActor(Actor):
             if hub.active:
                 hub.publish("task.queued", record.task_id, priority=record.spec.priority)
         self._dispatch()
+        self._check_refill(on_demand=False)
         self._arm_deadline()
 
     def _dispatch(self) -> None:
@@ -126,6 +142,21 @@ class QueueActor(Actor):
                 records=tuple(ready), ready_at=self.wiring.clock.monotonic(), redelivered=False
             )
         )
+
+    def _check_refill(self, *, on_demand: bool) -> None:
+        """Shared mode: the claimer asked to hear when this queue runs low (``Refill``):
+        fewer than ``below`` tasks left, or (``on_demand``: a new Demand was just served)
+        the router wants more than the queue had. Once per Refill."""
+        state = self.state
+        below = state.refill_below
+        if below is None:
+            return
+        unmet = on_demand and any(free > 0 for _, free in state.demand)
+        if len(state.core) < below or unmet:
+            state.refill_below = None
+            claimer = self.wiring.peers.claimer
+            if claimer is not None:
+                claimer.tell(Wake.fast(reason="refill"))
 
     def _release_credits(self, records: list[TaskRecord]) -> None:
         credited = self.state.credited

@@ -34,6 +34,7 @@ __all__ = [
     "Outcomes",
     "PerfUpdate",
     "Persist",
+    "Refill",
     "RegisterAgent",
     "Released",
     "ReportUnresponsive",
@@ -45,6 +46,7 @@ __all__ = [
     "Tick",
     "TimeoutCheck",
     "Unwatch",
+    "Wake",
     "Watch",
     "construct",
 ]
@@ -246,6 +248,21 @@ class InjectCrash(Message):
     """Fault injection (``arbiter demo --crash``): the receiving actor raises."""
 
     reason: str = "injected crash"
+
+
+class Wake(Message):
+    """Store listener / queue -> claimer (shared mode): claimable work may be waiting in
+    the store (``notify``), or the local queue ran low (``refill``)."""
+
+    reason: str = "notify"
+
+
+class Refill(Message):
+    """Claimer -> queue (shared mode): tell the claimer ``Wake(reason="refill")`` once, as
+    soon as fewer than ``below`` tasks are queued here or a new ``Demand`` from the router
+    asks for more than the queue holds."""
+
+    below: int
 
 
 class RequeueDeadLetters(Message):

@@ -8,6 +8,9 @@ until SIGTERM/SIGINT (or, with ``--drain``, until no task is unfinished); ``stat
 
 A store that cannot be opened (not a SQLite file, a missing directory, a malformed URL)
 and bad input end the command with one line on stderr and exit code 2.
+
+On a PostgreSQL store many workers (on many hosts) share the tasks: each claims what its
+handlers can run, under a lease (``--lease``); ``status`` lists the runners alive.
 """
 
 from __future__ import annotations
@@ -85,11 +88,33 @@ def add_commands(sub: Any) -> None:
         default=30.0,
         help="on SIGTERM/SIGINT, wait this long for unfinished tasks (a second signal: at once)",
     )
+    worker.add_argument(
+        "--lease",
+        type=_positive_seconds,
+        default=30.0,
+        help="shared (postgres) store: seconds a claimed task stays this worker's without "
+        "a renewal; a worker killed or stuck this long loses its tasks to the others",
+    )
+    worker.add_argument(
+        "--claim-interval",
+        type=_positive_seconds,
+        default=0.5,
+        help="shared (postgres) store: seconds between looks for work when no notification "
+        "came (LISTEN/NOTIFY wakes an idle worker at once)",
+    )
     worker.add_argument("--json", action="store_true", help="print the exit summary as JSON")
     worker.set_defaults(run=_guarded(_worker))
 
-    status = sub.add_parser("status", help="how many tasks are in each state")
+    status = sub.add_parser(
+        "status", help="how many tasks are in each state (and, shared, the runners alive)"
+    )
     _add_store(status)
+    status.add_argument(
+        "--max-age",
+        type=_positive_seconds,
+        default=30.0,
+        help="shared (postgres) store: list runners that heartbeated in this many seconds",
+    )
     status.add_argument("--json", action="store_true", help="print as JSON")
     status.set_defaults(run=_guarded(_status))
 
@@ -123,6 +148,13 @@ def _seconds(text: str) -> float:
     value = float(text)
     if not value >= 0:  # also refuses NaN
         raise argparse.ArgumentTypeError(f"must be seconds >= 0, got {text}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be seconds > 0, got {text}")
     return value
 
 
@@ -221,7 +253,12 @@ def _worker(args: argparse.Namespace) -> int:
     handlers = _load_handlers(args.handler)
     with _stop_signals() as signals:
         # Installed before the runner starts: a signal during start-up stops it cleanly.
-        runner = _start_runner(args.store, drain_timeout_s=args.drain_timeout)
+        runner = _start_runner(
+            args.store,
+            drain_timeout_s=args.drain_timeout,
+            lease_s=args.lease,
+            claim_interval_s=args.claim_interval,
+        )
         try:
             for task_type, function in handlers.items():
                 runner.register_agent(
@@ -376,19 +413,30 @@ def _status(args: argparse.Namespace) -> int:
     with _open_existing(args.store) as store:
         counts = store.counts()
         url = store.url
+        runners = store.live_runners(args.max_age) if store.shared else None
     by_name = {state.value.lower(): counts.get(state, 0) for state in TaskState}
     unfinished = sum(n for state, n in counts.items() if state not in TERMINAL_STATES)
-    summary = {
+    summary: dict[str, Any] = {
         "store": url,
         "counts": by_name,
         "total": sum(by_name.values()),
         "unfinished": unfinished,
     }
+    if runners is not None:
+        summary["runners"] = runners
     if args.json:
         print(json.dumps(summary))
-    else:
-        nonzero = {name: n for name, n in by_name.items() if n}
-        print(_table({"store": url, **nonzero, "unfinished": unfinished}))
+        return 0
+    nonzero = {name: n for name, n in by_name.items() if n}
+    lines = {"store": url, **nonzero, "unfinished": unfinished}
+    if runners is not None:
+        lines["runners"] = len(runners)
+    print(_table(lines))
+    for runner in runners or ():
+        print(
+            f"  {runner['runner_id']}  {runner['host']}:{runner['pid']}  "
+            f"tasks {runner['tasks']}  heartbeat {runner['heartbeat_age_s']:.1f}s ago"
+        )
     return 0
 
 

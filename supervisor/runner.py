@@ -13,13 +13,22 @@ Example::
 ``TaskRunner.start`` builds the supervision tree (journal, events, performance, health,
 registry, retry, queue, router and the agents' supervisor, in that order, under a
 ONE_FOR_ONE root) and recovers unfinished tasks from the store.
+
+Shared mode: on a store that several runners share (``store.shared``: PostgreSQL), tasks
+belong to no runner when submitted. A ``claimer`` actor (after ``queue``) claims what the
+local agents can run, renews the leases, heartbeats the runner and rescues the tasks of
+runners that died; the store's notifications wake it at once. Startup recovery is skipped
+(other runners own those tasks, or their leases will expire), and ``result()`` also polls
+the store (another runner may finish the task). See docs/deployment.md.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import os
 import random
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -32,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from actors.agent import AgentExecutor, AgentState, TaskContext
 from actors.cell import ActorRef
+from actors.claimer import ClaimerActor, ClaimerState, ClaimSettings
 from actors.core.health import HealthCore
 from actors.core.retry import RetryPolicy
 from actors.core.router import RouterCore
@@ -52,6 +62,7 @@ from messages.errors import (
     InvalidMessage,
     PayloadTooLarge,
     QueueFull,
+    StoreError,
     TaskCancelledError,
     TaskFailedError,
     TaskTimeout,
@@ -97,7 +108,11 @@ PIPELINE_ACTORS = (
     "queue",
     "router",
 )
-"""The pipeline actors, in start order (the agents' supervisor starts after them)."""
+"""The pipeline actors, in start order (the agents' supervisor starts after them). In shared
+mode the ``claimer`` starts too, right after ``queue``."""
+
+_WAIT_POLL_S = (0.01, 0.2)
+"""Shared mode: ``wait`` polls the store from every 10 ms, slowing down to every 200 ms."""
 
 Handler = Callable[[TaskContext], Any]
 
@@ -139,6 +154,15 @@ class RunnerConfig(BaseModel):
     taken early runs before a higher-priority one submitted after it (Celery's prefetch
     trade-off)."""
     seed: int | None = None
+    lease_s: float = Field(default=30.0, gt=0, le=86_400)
+    """Shared store: how long a claimed task stays this runner's without a renewal
+    (renewed every lease_s / 3). A runner killed or paused this long loses its tasks to
+    the others (rescued every lease_s / 2 by any runner)."""
+    claim_interval_s: float = Field(default=0.5, gt=0)
+    """Shared store: how often the claimer looks for work without being notified (the
+    fallback of LISTEN/NOTIFY)."""
+    claim_batch: int = Field(default=256, ge=1)
+    """Shared store: at most this many tasks per claim (one transaction)."""
 
 
 class TaskHandle:
@@ -199,6 +223,10 @@ class TaskRunner:
         self._orphaned = 0
         self._redelivered = 0
         self._recovered = 0
+        self._shared = False
+        self._claimer_state = ClaimerState()
+        self._agent_slots: dict[str, tuple[frozenset[str], int]] = {}
+        self._stop_listening: Callable[[], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     @classmethod
@@ -210,25 +238,49 @@ class TaskRunner:
 
     def _start(self) -> None:
         config = self.config
-        self._store = open_store(config.store)
+        store = self._store = open_store(config.store)
         system = ActorSystem.start(
             strategy=Strategy.ONE_FOR_ONE,
             max_restarts=config.max_restarts,
             within_s=config.within_s,
         )
         self._system = system
+        self._shared = store.shared
         try:
-            self._spawn_pipeline(system, self._store)
+            if self._shared:  # before the claimer's first heartbeat
+                store.register_runner(config.runner_id, socket.gethostname(), os.getpid())
+            self._spawn_pipeline(system, store)
+            if self._shared:
+                self._stop_listening = store.listen(self._claimer_state.doorbell.ring)
         except BaseException:
             system.stop()
-            self._store.close()
+            if self._shared:
+                self._leave_shared(store)
+            store.close()
             raise
         system.dead_letter_office.subscribe(self._rescue)
         self._accepting = True
-        if config.recover:
+        if config.recover and not self._shared:
             self._recover()
-        self._hub.publish("runner.started", None, runner_id=config.runner_id, store=self._store.url)
-        _log.info("runner.started", runner_id=config.runner_id, store=self._store.url)
+        self._hub.publish("runner.started", None, runner_id=config.runner_id, store=store.url)
+        _log.info(
+            "runner.started", runner_id=config.runner_id, store=store.url, shared=self._shared
+        )
+
+    def _leave_shared(self, store: TaskStore) -> None:
+        """Shared mode, at stop (the actors are stopped): give the unfinished tasks this
+        runner still owns back to the others, and leave the runners table."""
+        if self._stop_listening is not None:
+            self._stop_listening()
+            self._stop_listening = None
+        try:
+            released = store.release(self.config.runner_id)
+            store.deregister_runner(self.config.runner_id)
+        except StoreError as exc:  # the leases will expire and be rescued instead
+            _log.warning("runner.release_failed", runner_id=self.config.runner_id, error=str(exc))
+            return
+        if released:
+            _log.info("runner.released", runner_id=self.config.runner_id, tasks=len(released))
 
     def _spawn_pipeline(self, system: ActorSystem, store: TaskStore) -> None:
         config = self.config
@@ -279,19 +331,34 @@ class TaskRunner:
             "queue": lambda: QueueActor(queue, wiring),
             "router": lambda: RouterActor(router, wiring, config.prefetch),
         }
+        names = list(PIPELINE_ACTORS)
+        if self._shared:
+            claimer = self._claimer_state
+            settings = ClaimSettings(
+                runner_id=config.runner_id,
+                lease_s=config.lease_s,
+                claim_interval_s=config.claim_interval_s,
+                claim_batch=config.claim_batch,
+            )
+            factories["claimer"] = lambda: ClaimerActor(
+                claimer, wiring, store, settings, self._local_agents
+            )
+            names.insert(names.index("queue") + 1, "claimer")
         # Refs are known before any actor runs: a ChildSpec's name is its address.
-        for name in PIPELINE_ACTORS:
+        for name in names:
             ref = system.spawn(
                 ChildSpec(name=name, factory=factories[name], restart=Restart.PERMANENT)
             )
             setattr(peers, name, ref)
             if name == "events":
                 self._hub.sink = ref
+            elif name == "claimer":
+                self._claimer_state.doorbell.target = ref
         peers.agents = system.spawn_supervisor(
             "agents", max_restarts=config.max_restarts, within_s=config.within_s
         )
         health_ref = peers.get("health")
-        for name in PIPELINE_ACTORS:
+        for name in names:
             if name != "health":
                 health_ref.ask(
                     Watch.fast(
@@ -302,6 +369,11 @@ class TaskRunner:
                         agent_id=None,
                     )
                 )
+
+    def _local_agents(self) -> tuple[tuple[frozenset[str], int], ...]:
+        """For the claimer (on its thread): (capabilities, max_concurrency) per agent."""
+        with self._lock:
+            return tuple(self._agent_slots.values())
 
     def _recover(self) -> None:
         """Put the store's unfinished tasks back in the pipeline (after a restart)."""
@@ -387,8 +459,14 @@ class TaskRunner:
         self._hub.publish("runner.stopped", None, runner_id=self.config.runner_id, drained=drained)
         _log.info("runner.stopped", runner_id=self.config.runner_id, drained=drained)
         system = self._require_system()
+        store = self._require_store()
+        if self._stop_listening is not None:
+            self._stop_listening()
+            self._stop_listening = None
         system.stop()
-        self._require_store().close()
+        if self._shared:
+            self._leave_shared(store)
+        store.close()
         return drained
 
     def __enter__(self) -> Self:
@@ -441,11 +519,16 @@ class TaskRunner:
                 agent_id=spec.agent_id,
             )
         )
+        if self._shared:  # new slots: claim for them now rather than at the next poll
+            with self._lock:
+                self._agent_slots[spec.agent_id] = (spec.capabilities, spec.max_concurrency)
+            self._claimer_state.doorbell.ring()
 
     def deregister_agent(self, agent_id: str) -> None:
         """Remove an agent; its unfinished tasks go back to the queue."""
         with self._lock:
             ref = self._agents.pop(agent_id, None)
+            self._agent_slots.pop(agent_id, None)
         if ref is None:
             raise UnknownAgent(f"no agent {agent_id!r} is registered")
         self._peers.get("registry").ask(DeregisterAgent.fast(agent_id=agent_id))
@@ -501,6 +584,7 @@ class TaskRunner:
             raise
         now = self.clock.now()
         config = self.config
+        owner = None if self._shared else config.runner_id  # shared: the claimer's lease
         records = tuple(
             TaskRecord.fast(
                 task_id=new_task_id(),
@@ -515,7 +599,7 @@ class TaskRunner:
                 last_error=None,
                 result=None,
                 history=(),
-                owner=config.runner_id,
+                owner=owner,
                 lease_expires_at=None,
                 agent_id=None,
             )
@@ -528,8 +612,14 @@ class TaskRunner:
         except BaseException:
             self._admission.release(len(records))
             raise
-        duplicates = sum(1 for s, r in zip(stored, records, strict=True) if s.task_id != r.task_id)
-        self._admission.release(duplicates)
+        if self._shared:
+            # Stored in the shared queue (the database): not in this runner's queue.
+            self._admission.release(len(records))
+        else:
+            duplicates = sum(
+                1 for s, r in zip(stored, records, strict=True) if s.task_id != r.task_id
+            )
+            self._admission.release(duplicates)
         return [TaskHandle(self, record.task_id) for record in stored]
 
     def _check_spec(self, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
@@ -554,7 +644,10 @@ class TaskRunner:
         return TaskHandle(self, record.task_id)
 
     def wait(self, task_id: uuid.UUID, timeout: float | None = None) -> TaskRecord:
-        """Wait until the task reaches a terminal state; returns its record."""
+        """Wait until the task reaches a terminal state; returns its record.
+
+        Shared mode: another runner may finish the task, so the store is polled too
+        (every 10 ms at first, slowing down to every 200 ms)."""
         done = threading.Event()
         box: list[TaskRecord] = []
 
@@ -567,9 +660,22 @@ class TaskRunner:
             record = self.get(task_id)
             if record.state in TERMINAL_STATES:
                 return record
-            if not done.wait(timeout):
-                raise TaskTimeout(f"task {task_id} did not finish within {timeout}s")
-            return box[0]
+            if not self._shared:
+                if not done.wait(timeout):
+                    raise TaskTimeout(f"task {task_id} did not finish within {timeout}s")
+                return box[0]
+            deadline = None if timeout is None else self.clock.monotonic() + timeout
+            pause, most = _WAIT_POLL_S
+            while True:
+                left = None if deadline is None else deadline - self.clock.monotonic()
+                if left is not None and left <= 0:
+                    raise TaskTimeout(f"task {task_id} did not finish within {timeout}s")
+                if done.wait(pause if left is None else min(pause, left)):
+                    return box[0]
+                record = self.get(task_id)
+                if record.state in TERMINAL_STATES:
+                    return record
+                pause = min(pause * 2, most)
         finally:
             self._waiters.discard(task_id, resolved)
 
@@ -668,6 +774,21 @@ class TaskRunner:
             },
             "performance": peers.get("performance").ask(GetPerformance()),
             "recovered": self._recovered,
+            **({"shared": self._shared_status(store)} if self._shared else {}),
+        }
+
+    def _shared_status(self, store: TaskStore) -> dict[str, Any]:
+        """Shared mode: the claimer's counters and the runners alive on the store."""
+        config = self.config
+        try:
+            runners: Any = store.live_runners(max_age_s=config.lease_s)
+        except StoreError as exc:
+            runners = {"error": str(exc)}
+        return {
+            "lease_s": config.lease_s,
+            "claim_interval_s": config.claim_interval_s,
+            "claimer": self._actor_statistics(self._peers.get("claimer")),
+            "runners": runners,
         }
 
     @staticmethod

@@ -5,6 +5,10 @@ Every state change of every task goes through it as ``Append`` (new tasks, from
 waits in its mailbox (up to ``batch_limit`` messages) and writes it all in ONE transaction
 (group commit), so many submits share one fsync. Only after the commit does it answer the
 submitters, hand new tasks to the queue and wake the waiters of finished tasks.
+
+With a shared store (many runners on one PostgreSQL database) new tasks are not queued
+here: they wait in the store for whichever runner claims them (the store notifies the
+runners). An update the store fenced (this runner lost the task's lease) wakes nobody.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class JournalState:
     store: TaskStore
     commits: int = 0
     records_written: int = 0
+    fenced: int = 0
     batch_sizes: list[int] = field(default_factory=list)
 
 
@@ -72,6 +77,7 @@ class JournalActor(Actor):
             "commits": self.state.commits,
             "records_written": self.state.records_written,
             "mean_batch": round(sum(sizes) / len(sizes), 2) if sizes else 0.0,
+            "fenced": self.state.fenced,
             "store": self.state.store.url,
         }
 
@@ -91,7 +97,9 @@ class JournalActor(Actor):
                 others.append(item)  # type: ignore[arg-type]
         inserts = [record for append, _ in appends for record in append.records]
         updates = [record for persist in persists for record in persist.records]
-        stored = self.state.store.apply(inserts, updates)
+        store = self.state.store
+        stored, fenced = store.apply_fenced(inserts, updates)
+        self.state.fenced += len(fenced)
         self.state.commits += 1
         self.state.records_written += len(inserts) + len(updates)
         self.state.batch_sizes.append(1 + len(pending))
@@ -115,11 +123,14 @@ class JournalActor(Actor):
             if self.hub.active:
                 for record in fresh:
                     self.hub.publish("task.submitted", record.task_id, type=record.spec.type)
-            self.peers.get("queue").tell(
-                Enqueue.fast(records=tuple(fresh), admitted=True, redelivered=False)
-            )
+            if not store.shared:  # shared: a claimer (maybe another runner's) takes them
+                self.peers.get("queue").tell(
+                    Enqueue.fast(records=tuple(fresh), admitted=True, redelivered=False)
+                )
         for record in updates:
             if record.state in (TaskState.COMPLETED, TaskState.CANCELLED, TaskState.DEAD_LETTERED):
+                if fenced and record.task_id in fenced:
+                    continue  # not stored: another runner owns the task now
                 self.waiters.resolve(record)
                 if self.on_terminal is not None:
                     self.on_terminal(record)
@@ -146,6 +157,8 @@ class JournalActor(Actor):
             dead = [r for r in found if r is not None and r.state is TaskState.DEAD_LETTERED]
         now = self.clock.now()
         requeued = []
+        # Shared store: unowned, for any runner to claim (the store notifies them).
+        unowned: dict[str, Any] = {"owner": None, "lease_expires_at": None} if store.shared else {}
         for record in dead:
             try:
                 requeued.append(
@@ -156,6 +169,7 @@ class JournalActor(Actor):
                         attempt=0,
                         next_attempt_at=None,
                         agent_id=None,
+                        **unowned,
                     )
                 )
             except InvalidTransition:
@@ -163,9 +177,10 @@ class JournalActor(Actor):
         if requeued:
             store.apply((), requeued)
             self.state.commits += 1
-            self.peers.get("queue").tell(
-                Enqueue.fast(records=tuple(requeued), admitted=False, redelivered=False)
-            )
+            if not store.shared:
+                self.peers.get("queue").tell(
+                    Enqueue.fast(records=tuple(requeued), admitted=False, redelivered=False)
+                )
             for record in requeued:
                 self.hub.publish("task.queued", record.task_id, reason="dead_letter_requeued")
         return tuple(requeued)

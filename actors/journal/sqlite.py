@@ -70,6 +70,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE TABLE counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)",
         "INSERT INTO counters (name, value) VALUES ('next_sequence', 1)",
     ),
+    # 2: shared mode (runners, leader leases) is postgres only: nothing to do here.
+    (),
 )
 """Schema migrations: step ``i`` (0-based) takes a store from version ``i`` to ``i + 1``."""
 

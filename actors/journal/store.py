@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from types import TracebackType
-from typing import Final, Literal, Self
+from typing import Any, Final, Literal, Self
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from messages import TaskRecord, TaskState
@@ -38,8 +38,11 @@ __all__ = [
     "store_for_url",
 ]
 
-SCHEMA_VERSION: Final = 1
-"""The newest schema version this code knows (every backend reports it once open)."""
+SCHEMA_VERSION: Final = 2
+"""The newest schema version this code knows (every backend reports it once open).
+
+2: the tables of shared mode (``runners``, ``leaders``) and the claim and lease indexes
+(postgres; nothing changes for sqlite)."""
 
 Durability = Literal["normal", "fsync"]
 """``normal``: a commit survives a crash of the process; ``fsync``: also a power loss."""
@@ -168,6 +171,101 @@ class TaskStore(ABC):
     def dead_letters(self, limit: int = DEFAULT_LIST_LIMIT) -> list[TaskRecord]:
         """Dead-lettered tasks, oldest first (``list_tasks(DEAD_LETTERED, limit)``)."""
         return self.list_tasks(TaskState.DEAD_LETTERED, limit)
+
+    # -- shared mode: many runners on one store (optional) -------------------------------
+    #
+    # A store with ``shared = True`` is used by several runner processes at once. Tasks are
+    # not owned by whoever submitted them: a runner ``claim``s unowned QUEUED tasks, which
+    # gives it a lease (``owner``, ``lease_expires_at``) that it must ``renew``; a lease that
+    # expires (the runner died, or paused too long) is rescued by any runner
+    # (``rescue_expired``), and a write of the old owner is then refused ("fenced").
+    # Lease times are the database's clock, so hosts need not agree on the time.
+
+    @property
+    def shared(self) -> bool:
+        """True when several runners may share this store (claims, leases, fencing)."""
+        return False
+
+    def apply_fenced(
+        self, inserts: Sequence[TaskRecord], updates: Sequence[TaskRecord]
+    ) -> tuple[list[TaskRecord], frozenset[uuid.UUID]]:
+        """Like :meth:`apply`, also returning the ids of tasks whose updates were fenced.
+
+        In a shared store an update of a *leased* record (``owner`` and
+        ``lease_expires_at`` set, as :meth:`claim` makes them) is not applied when the
+        stored owner differs, or the stored attempt is higher: the lease was lost, another
+        runner owns the task now. The rest of the batch is applied, in one transaction.
+        Stores that are not shared fence nothing.
+        """
+        return self.apply(inserts, updates), frozenset()
+
+    def claim(
+        self,
+        owner: str,
+        limit: int,
+        lease_s: float,
+        capabilities: Collection[frozenset[str]] | None = None,
+    ) -> list[TaskRecord]:
+        """Take up to ``limit`` unowned QUEUED tasks (and RETRY_WAIT ones now due, moved to
+        QUEUED), by (priority desc, sequence asc), for ``owner`` with a lease of
+        ``lease_s`` seconds; return them as stored. Two claimers never get the same task.
+
+        ``capabilities``: the capability sets of the claimer's agents; only tasks one of
+        them can run (type and required capabilities in the set) are taken. None: any.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
+
+    def renew(self, owner: str, lease_s: float) -> int:
+        """Extend to ``lease_s`` seconds from now the lease of every unfinished task of
+        ``owner``; return how many."""
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
+
+    def rescue_expired(self, limit: int) -> list[TaskRecord]:
+        """Free up to ``limit`` unfinished tasks whose lease expired; return them as stored.
+
+        Not started (PENDING, QUEUED, ASSIGNED): QUEUED without owner. RETRY_WAIT: without
+        owner, claimable when due. Started (RUNNING, SUSPENDED, FAILED, TIMED_OUT): the
+        attempt counts; QUEUED without owner if attempts are left, else DEAD_LETTERED.
+        Each expired task is rescued by exactly one caller, however many race.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
+
+    def release(self, owner: str) -> list[TaskRecord]:
+        """Free every unfinished task of ``owner`` now, as :meth:`rescue_expired` frees an
+        expired one (a runner stopping gracefully gives its tasks back)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
+
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` (on a daemon thread) whenever tasks may have become claimable
+        (new tasks, rescued ones, re-queued dead letters), and once after a reconnection;
+        returns a function that stops listening."""
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
+
+    def register_runner(self, runner_id: str, host: str, pid: int) -> None:
+        """Record a runner using the store (its heartbeat starts now)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
+
+    def heartbeat_runner(self, runner_id: str) -> None:
+        """The runner is alive (re-registers it if its row is gone)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
+
+    def live_runners(self, max_age_s: float) -> list[dict[str, Any]]:
+        """Runners whose last heartbeat is at most ``max_age_s`` seconds old, as JSON-able
+        dicts: runner_id, host, pid, started_at, heartbeat_at, tasks (unfinished owned)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
+
+    def deregister_runner(self, runner_id: str) -> None:
+        """Forget a runner (it stopped)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
+
+    def try_lead(self, name: str, owner: str, lease_s: float) -> bool:
+        """Take the leader lease ``name`` for ``owner`` if it is free or expired, or renew
+        it if ``owner`` holds it; True when ``owner`` is the leader for ``lease_s`` now."""
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
+
+    def leader(self, name: str) -> str | None:
+        """Who holds the unexpired leader lease ``name``, or None."""
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
 
     # -- introspection -------------------------------------------------------------------
 

@@ -187,6 +187,28 @@ def test_status_is_the_worse_of_heartbeat_and_check() -> None:
     assert core.snapshot()["components"]["agent"]["reason"] == "check: disk full"
 
 
+def test_on_a_tie_the_heartbeat_reason_is_reported() -> None:
+    core = HealthCore(heartbeat_timeout_s=3.0, degraded_after_s=1.0)
+    core.register("agent", now=0.0)
+    core.report_check("agent", D, "disk 90%", 0.0)
+    assert core.snapshot()["components"]["agent"]["reason"] == "check: disk 90%"
+    changes, _ = core.tick(1.5)  # heartbeat late (DEGRADED) and check DEGRADED
+    assert changes == []
+    assert core.snapshot()["components"]["agent"]["reason"] == "heartbeat late by 1.5 s"
+
+
+def test_a_recovered_component_has_an_empty_reason_and_is_not_unresponsive() -> None:
+    core = HealthCore(heartbeat_timeout_s=2.0)
+    core.register("agent", now=0.0)
+    _, unresponsive = core.tick(2.0)
+    assert unresponsive == ["agent"]
+    assert core.snapshot()["components"]["agent"]["unresponsive"] is True
+    core.heartbeat("agent", 2.5)
+    component = core.snapshot()["components"]["agent"]
+    assert component["reason"] == ""
+    assert component["unresponsive"] is False
+
+
 # -- overall, deregistration and snapshot ----------------------------------------------------
 
 

@@ -436,3 +436,162 @@ def test_counts_and_rates_match_a_plain_model(
     assert total.count == len(outcomes)
     if len(outcomes) > 1:  # one outcome per second, whatever the mix
         assert total.throughput_per_s == pytest.approx(1.0)
+
+
+# -- boundaries and wiring found by mutation testing ------------------------------------------
+
+
+def test_a_single_bucket_histogram_is_allowed() -> None:
+    histogram = LatencyHistogram(max_buckets=1)
+    for value in (1.0, 10.0, 100.0):
+        histogram.record(value)
+    assert histogram.bucket_count == 1
+    assert (histogram.min, histogram.max, histogram.count) == (1.0, 100.0, 3)
+    # everything was folded into the top bucket: the median reads as (about) the top value
+    assert histogram.percentile(50) == pytest.approx(100.0, rel=0.01)
+
+
+def test_the_zero_threshold_itself_is_not_zero() -> None:
+    histogram = LatencyHistogram()
+    histogram.record(ZERO_THRESHOLD_MS)
+    histogram.record(ZERO_THRESHOLD_MS / 2)
+    assert histogram.bucket_count == 1  # only the value below the threshold counts as 0
+
+
+SPREAD = [1.1**k for k in range(100)]  # one value per bucket, 10% apart
+
+
+def test_summary_reports_p50_p95_p99() -> None:
+    histogram = LatencyHistogram()
+    for value in SPREAD:
+        histogram.record(value)
+    summary = histogram.summary()
+    for key, p in (("p50", 50), ("p95", 95), ("p99", 99)):
+        assert within(summary[key], exact_percentile(SPREAD, p), 0.01), key
+    core = PerformanceCore()
+    for now, value in enumerate(SPREAD):
+        core.record_outcome("a", "t", True, value, now=float(now))
+    stats = core.agent_stats("a")
+    assert within(stats.latency_p50_ms, exact_percentile(SPREAD, 50), 0.01)
+    assert within(stats.latency_p95_ms, exact_percentile(SPREAD, 95), 0.01)
+    assert within(stats.latency_p99_ms, exact_percentile(SPREAD, 99), 0.01)
+
+
+def test_outcome_stats_dict_names_every_field() -> None:
+    stats = OutcomeStats(7, 5, 2, 5 / 7, 1.5, 1.0, 2.0, 3.0, 4.5)
+    assert stats.to_dict() == {
+        "count": 7,
+        "successes": 5,
+        "failures": 2,
+        "success_rate": 5 / 7,
+        "latency_mean_ms": 1.5,
+        "latency_p50_ms": 1.0,
+        "latency_p95_ms": 2.0,
+        "latency_p99_ms": 3.0,
+        "throughput_per_s": 4.5,
+    }
+
+
+def test_max_buckets_reaches_every_histogram_of_the_core() -> None:
+    assert PerformanceCore().route_latency.max_buckets == 2048
+    core = PerformanceCore(max_buckets=1)
+    assert core.route_latency.max_buckets == core.end_to_end_latency.max_buckets == 1
+    for now, value in enumerate((1.0, 10.0, 100.0)):
+        core.record_outcome("a", "t", True, value, now=float(now))
+    # one bucket: per-agent, per-type and total medians all fold up to the top value
+    for stats in (core.agent_stats("a"), core.type_stats("t"), core.total_stats()):
+        assert stats.latency_p50_ms == pytest.approx(100.0, rel=0.01)
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan, -1e-12])
+def test_a_non_finite_latency_records_nothing(bad: float) -> None:
+    core = PerformanceCore()
+    with pytest.raises(ValueError, match="latency"):
+        core.record_outcome("a", "code", True, bad, now=0.0)
+    assert core.agents() == ()
+    assert core.type_stats("code").count == 0
+    assert core.summary()["task_types"] == {}
+
+
+def test_every_view_decays_its_throughput_with_now() -> None:
+    core = PerformanceCore(ewma_alpha=1.0)
+    for step in range(11):
+        core.record_outcome("a", "code", True, 1.0, now=step * 0.1)  # 10/s until t=1.0
+    assert core.total_stats().throughput_per_s == pytest.approx(10.0)
+    assert core.total_stats(now=11.0).throughput_per_s == pytest.approx(0.1)
+    assert core.type_stats("code", now=11.0).throughput_per_s == pytest.approx(0.1)
+    summary = core.summary(now=11.0)
+    for view in (
+        summary["outcomes"],
+        summary["agents"]["a"],
+        summary["task_types"]["code"],
+    ):
+        assert view["throughput_per_s"] == pytest.approx(0.1)
+
+
+def collapsed(max_buckets: int = 5) -> LatencyHistogram:
+    histogram = LatencyHistogram(max_buckets=max_buckets)
+    for k in range(30):
+        histogram.record(1.1**k)
+    assert histogram.bucket_count == max_buckets
+    return histogram
+
+
+def test_a_copy_keeps_the_bucket_bound() -> None:
+    clone = collapsed().copy()
+    assert clone.max_buckets == 5
+    for k in range(30, 60):
+        clone.record(1.1**k)
+        assert clone.bucket_count <= 5
+
+
+def test_merging_a_collapsed_histogram_into_a_roomier_one_keeps_its_floor() -> None:
+    # The collapsed side counted its lowest values in its floor bucket, so in the merge,
+    # values below that floor fold into it too (whichever side they come from, and later).
+    roomy = LatencyHistogram(max_buckets=100)
+    roomy.record(0.001)
+    roomy.merge(collapsed())
+    assert roomy.bucket_count == 5
+    roomy.record(0.002)
+    assert roomy.bucket_count == 5
+    assert (roomy.count, roomy.min) == (32, 0.001)
+    # and a collapsed histogram merged into an empty roomy one stays as it was
+    empty = LatencyHistogram(max_buckets=100)
+    empty.merge(collapsed())
+    empty.record(0.5)
+    assert empty.bucket_count == 5
+
+
+def test_a_full_but_never_collapsed_histogram_keeps_every_bucket() -> None:
+    full = LatencyHistogram(max_buckets=5)
+    for k in range(5):
+        full.record(1.1**k)
+    assert full.bucket_count == 5
+    roomy = LatencyHistogram(max_buckets=100)
+    roomy.record(0.001)
+    roomy.merge(full)  # nothing was folded, so nothing needs to fold now
+    assert roomy.bucket_count == 6
+    values = [0.001] + [1.1**k for k in range(5)]
+    for p in (0, 20, 40, 60, 80, 100):
+        assert within(roomy.percentile(p), exact_percentile(values, p), 0.01)
+    # the same when it was filled exactly to the bound by a merge
+    low, high = LatencyHistogram(max_buckets=5), LatencyHistogram(max_buckets=5)
+    for k in range(3):
+        low.record(1.1**k)
+    for k in range(3, 5):
+        high.record(1.1**k)
+    low.merge(high)
+    assert low.bucket_count == 5
+    roomy = LatencyHistogram(max_buckets=100)
+    roomy.record(0.001)
+    roomy.merge(low)
+    assert roomy.bucket_count == 6
+
+
+def test_failures_are_counted_one_by_one() -> None:
+    core = PerformanceCore()
+    for now, success in enumerate((False, True, False, False)):
+        core.record_outcome("a", "t", success, 1.0, now=float(now))
+    for stats in (core.agent_stats("a"), core.type_stats("t"), core.total_stats()):
+        assert (stats.count, stats.successes, stats.failures) == (4, 1, 3)
+        assert stats.success_rate == 0.25

@@ -250,7 +250,7 @@ def test_push_beyond_capacity_raises_queue_full_and_changes_nothing() -> None:
     queue.push(make_record())
     assert queue.free_capacity == 0
     rejected = make_record()
-    with pytest.raises(QueueFull):
+    with pytest.raises(QueueFull, match=r"queue is full \(2 pending tasks\)"):
         queue.push(rejected)
     assert rejected.task_id not in queue
     assert len(queue) == 2
@@ -368,6 +368,96 @@ def test_take_compacts_when_the_live_tasks_left_are_few() -> None:
     assert queue.take(1) == [x[0]]
     assert queue.statistics()["tombstones"] == 0
     assert ids(queue.take(5)) == ids(x[4:])
+
+
+def tombstones(queue: TaskQueueCore) -> int:
+    return queue.statistics()["tombstones"]
+
+
+def test_compaction_waits_until_tombstones_outnumber_live_tasks() -> None:
+    queue = TaskQueueCore()
+    first, second = make_record(), make_record()
+    queue.push(first)
+    queue.push(second)
+    queue.cancel(first.task_id)
+    assert tombstones(queue) == 1  # 1 dead vs 1 live: not yet
+    assert queue.take(1) == [second]
+    assert tombstones(queue) == 0
+
+
+def test_emptied_keys_take_their_tombstones_with_them() -> None:
+    # Many live tasks elsewhere, so no compaction hides a miscount.
+    queue = TaskQueueCore()
+    for _ in range(10):
+        queue.push(make_record("bulk"))
+    # cancel the last live task of a key that holds a tombstone
+    a, b = make_record("a", priority=1), make_record("a")
+    queue.push(a)
+    queue.push(b)
+    queue.cancel(b.task_id)
+    assert tombstones(queue) == 1
+    queue.cancel(a.task_id)
+    assert tombstones(queue) == 0
+    # take the last live task of a key that holds a tombstone
+    c, d = make_record("c", priority=1), make_record("c")
+    queue.push(c)
+    queue.push(d)
+    queue.cancel(d.task_id)
+    assert tombstones(queue) == 1
+    assert queue.take(1, lambda key: key == frozenset({"c"})) == [c]
+    assert tombstones(queue) == 0
+    assert len(queue) == 10
+
+
+def test_take_zero_touches_nothing() -> None:
+    queue = TaskQueueCore()
+    head, rest = make_record(priority=1), [make_record() for _ in range(3)]
+    for record in (head, *rest):
+        queue.push(record)
+    queue.cancel(head.task_id)  # a tombstone at the head of the heap
+    before = queue.statistics()
+    assert queue.take(0) == []
+    assert queue.statistics() == before == {**before, "tombstones": 1, "depth": 3}
+
+
+def deadline_queue(n: int) -> tuple[TaskQueueCore, list[TaskRecord]]:
+    """n tasks, one per key (so priority heaps hold no tombstones), deadlines a minute apart."""
+    queue = TaskQueueCore()
+    records = [make_record(f"k{i}", deadline=BASE + timedelta(minutes=i)) for i in range(n)]
+    for record in records:
+        queue.push(record)
+    return queue, records
+
+
+def test_expire_counts_the_stale_deadline_entries_it_drops() -> None:
+    queue, records = deadline_queue(5)
+    queue.cancel(records[0].task_id)
+    assert tombstones(queue) == 1
+    assert queue.expire(BASE) == []  # pops the cancelled task's entry
+    assert tombstones(queue) == 0
+    assert queue.expire(BASE + timedelta(minutes=1)) == [records[1]]
+    assert tombstones(queue) == 0
+
+
+@pytest.mark.parametrize("how", ["expire", "take"])
+def test_deadline_heap_compacts_on_the_live_deadline_count(how: str) -> None:
+    queue, records = deadline_queue(5)
+    if how == "expire":
+        assert queue.expire(BASE) == [records[0]]
+    else:
+        assert queue.take(1) == [records[0]]
+    # 4 live deadlines (a taken task's entry is a tombstone until it surfaces)
+    dead_after_leave = 0 if how == "expire" else 1
+    assert tombstones(queue) == dead_after_leave
+    queue.cancel(records[1].task_id)
+    assert tombstones(queue) == dead_after_leave + 1  # still <= the 3 live ones
+    queue.cancel(records[2].task_id)
+    # expire: 2 dead vs 2 live, kept; take: 3 dead vs 2 live, compacted
+    assert tombstones(queue) == (2 if how == "expire" else 0)
+    queue.cancel(records[3].task_id)
+    assert tombstones(queue) == (0 if how == "expire" else 1)
+    assert queue.next_deadline() == records[4].spec.deadline
+    assert tombstones(queue) == 0
 
 
 # -- deadlines -----------------------------------------------------------------------------

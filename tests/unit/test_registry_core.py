@@ -126,6 +126,13 @@ def test_unknown_agent_is_refused(call: object) -> None:
         call(registry)  # type: ignore[operator]
 
 
+def test_unknown_agent_names_the_agent() -> None:
+    registry = RegistryCore()
+    with pytest.raises(UnknownAgent) as info:
+        registry.view("ghost-7")
+    assert info.value.args == ("ghost-7",)
+
+
 # -- load ------------------------------------------------------------------------------------
 
 
@@ -354,6 +361,31 @@ def test_statistics_count_lifetime_events() -> None:
         "assigned_total": 2,
         "released_total": 1,
     }
+
+
+def test_lifetime_counters_keep_counting() -> None:
+    registry = RegistryCore()
+    for name in "abc":
+        registry.register(spec(name, max_concurrency=3))
+    tasks = [uuid.uuid4() for _ in range(3)]
+    for task_id in tasks:
+        registry.assign("a", task_id)
+    for task_id in tasks:
+        assert registry.release("a", task_id)
+    registry.deregister("b")
+    registry.deregister("c")
+    stats = registry.statistics()
+    assert stats["assigned_total"] == stats["released_total"] == 3
+    assert stats["deregistered_total"] == 2
+
+
+@pytest.mark.parametrize("success_rate", [0.0, 1.0])
+def test_performance_bounds_are_inclusive(success_rate: float) -> None:
+    registry = RegistryCore()
+    registry.register(spec("a"))
+    registry.update_performance("a", success_rate, 0.0, 0)
+    view = registry.view("a")
+    assert (view.success_rate, view.latency_ms, view.samples) == (success_rate, 0.0, 0)
 
 
 # -- property: routing through the registry never overloads an agent -------------------------

@@ -116,6 +116,37 @@ def test_policy_accepts_edge_values_and_normalises_names() -> None:
     assert RetryPolicy(base_s=10.0, cap_s=5.0).cap_s == 5.0
 
 
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"base_s": -0.5}, ValueError, "base_s must be >= 0.0, got -0.5"),
+        ({"factor": 0.5}, ValueError, "factor must be >= 1.0, got 0.5"),
+        ({"cap_s": -1.0}, ValueError, "cap_s must be >= 0.0, got -1.0"),
+        ({"cap_s": math.inf}, ValueError, "cap_s must be finite, got inf"),
+        ({"base_s": "1"}, TypeError, "base_s must be a number, got str"),
+        ({"factor": None}, TypeError, "factor must be a number, got NoneType"),
+        ({"max_attempts": 2.0}, TypeError, "max_attempts must be an int, got 2.0"),
+        ({"max_attempts": 0}, ValueError, "max_attempts must be >= 1, got 0"),
+        (
+            {"non_retryable": "KeyError"},
+            TypeError,
+            "non_retryable must be a collection of exception type names",
+        ),
+        (
+            {"non_retryable": ["KeyError", 3]},
+            TypeError,
+            "non_retryable must contain exception type names (str)",
+        ),
+    ],
+)
+def test_policy_errors_say_what_is_wrong(
+    options: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as info:
+        RetryPolicy(**options)  # type: ignore[arg-type]
+    assert str(info.value) == message
+
+
 def test_for_task_without_overrides_keeps_the_policy() -> None:
     policy = RetryPolicy(
         base_s=0.5, factor=3.0, cap_s=9.0, max_attempts=4, non_retryable=frozenset({"E"})
@@ -285,9 +316,9 @@ def test_decide_dead_letters_when_the_retry_would_reach_the_deadline() -> None:
     assert decide(policy, 1, "E", False, BASE, past, fixed(0.0)).reason == "deadline_expired"
 
 
-@pytest.mark.parametrize("attempt", [0, -1])
+@pytest.mark.parametrize("attempt", [0, -1, True, 1.0, 2.0])
 def test_decide_refuses_bad_attempts(attempt: int) -> None:
-    with pytest.raises(ValueError, match="attempt"):
+    with pytest.raises(ValueError, match=r"attempt must be an integer >= 1, got "):
         decide(RetryPolicy(), attempt, "E", False, BASE, None, fixed(0.5))
 
 
@@ -452,6 +483,44 @@ def test_pop_due_compacts_when_the_waiting_tasks_left_are_few() -> None:
     assert timers.statistics()["tombstones"] == 0
     assert len(timers._heap) == 1
     assert timers.pop_due(50.0) == late[3:]
+
+
+def test_compaction_waits_until_tombstones_outnumber_waiting_tasks() -> None:
+    timers = RetrySchedulerCore()
+    first, second = make_record(), make_record()
+    timers.schedule(first, 1.0)
+    timers.schedule(second, 2.0)
+    timers.cancel(first.task_id)
+    assert timers.statistics()["tombstones"] == 1  # 1 dead vs 1 waiting: not yet
+    assert len(timers._heap) == 2
+
+
+def test_tombstones_that_surface_are_counted_off() -> None:
+    # Enough tasks keep waiting that no compaction hides a miscount.
+    timers = RetrySchedulerCore()
+    records = [make_record() for _ in range(8)]
+    for due, record in enumerate(records):
+        timers.schedule(record, float(due))
+    timers.cancel(records[0].task_id)
+    assert timers.statistics()["tombstones"] == 1
+    assert timers.next_due() == 1.0  # drops the cancelled head
+    assert timers.statistics()["tombstones"] == 0
+    timers.cancel(records[2].task_id)
+    assert timers.pop_due(3.0) == [records[1], records[3]]
+    assert timers.statistics()["tombstones"] == 0
+
+
+def test_fired_and_cancelled_keep_counting() -> None:
+    timers = RetrySchedulerCore()
+    records = [make_record() for _ in range(6)]
+    for due, record in enumerate(records):
+        timers.schedule(record, float(due))
+    timers.cancel(records[5].task_id)
+    timers.cancel(records[4].task_id)
+    assert timers.pop_due(1.0) == records[:2]
+    assert timers.pop_due(3.0) == records[2:4]
+    stats = timers.statistics()
+    assert (stats["fired"], stats["cancelled"], stats["depth"]) == (4, 2, 0)
 
 
 def test_scheduler_snapshot_and_rebuild() -> None:

@@ -563,3 +563,89 @@ def test_round_robin_is_fair(names: set[str], rounds: int, offset: int, noise: l
     assert Counter(picks) == {name: rounds for name in names}
     for start in range(0, len(picks), len(agents)):
         assert sorted(picks[start : start + len(agents)]) == sorted(names)
+
+
+# -- boundaries and wiring found by mutation testing ------------------------------------------
+
+
+def test_option_boundaries_are_accepted() -> None:
+    for exploration in (0.0, 0.5):
+        RouterCore("bandit", exploration=exploration)
+    RouterCore("bandit", latency_scale_ms=0.5)
+    with pytest.raises(ValueError) as info:
+        RouterCore("fastest")
+    assert str(info.value) == (
+        "unknown routing strategy 'fastest'; valid: round_robin, least_loaded, performance, bandit"
+    )
+    with pytest.raises(ValueError) as info:
+        PerformanceWeights(0.0, 0.0, 0.0)
+    assert str(info.value) == "performance weights must be finite, >= 0, and not all 0"
+
+
+def test_bandit_explores_with_its_own_generator_when_none_is_given() -> None:
+    router = RouterCore("bandit", epsilon=1.0)
+    for name in "ab":
+        router.record_outcome("code", name, True, 1.0)
+    decision = route(router, task(), [agent("a"), agent("b")])
+    assert decision.reason == "bandit: exploring (epsilon 1)"
+    assert decision.agent_id in {"a", "b"}
+
+
+def test_bandit_scores_an_untried_agent_as_one_perfect_sample() -> None:
+    router = RouterCore("bandit", rng=random.Random(0), epsilon=0.0)
+    # nothing tried yet: ln(1) = 0, so the optimistic score is exactly 1
+    first = route(router, task(), [agent("a"), agent("b")])
+    assert (first.agent_id, first.score) == ("a", 1.0)
+    assert [alt.score for alt in first.alternatives] == [1.0]
+    for _ in range(2):
+        router.record_outcome("code", "a", True, 0.0)
+    # after 2 outcomes: 1 + c * sqrt(ln 2 / 1), the UCB1 score of one perfect sample
+    second = route(router, task(), [agent("a"), agent("b")])
+    assert second.agent_id == "b"
+    assert second.score == pytest.approx(1.0 + math.sqrt(2.0) * math.sqrt(math.log(2)))
+    assert second.alternatives[0].score == pytest.approx(1.0 + math.sqrt(2.0 * math.log(2) / 2))
+
+
+class _Fixed(random.Random):
+    """A generator whose random() always returns the same value."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def test_bandit_explores_with_probability_exactly_epsilon() -> None:
+    # random() is uniform on [0, 1): exploring iff it is below epsilon has probability epsilon
+    for draw, exploring in ((0.2499, True), (0.25, False)):
+        router = RouterCore("bandit", rng=_Fixed(draw), epsilon=0.25)
+        for name in "ab":
+            router.record_outcome("code", name, name == "a", 1.0)
+        decision = route(router, task(), [agent("a"), agent("b")])
+        assert decision.reason.startswith("bandit: exploring") is exploring
+
+
+def test_bandit_rewards_use_the_configured_latency_scale() -> None:
+    router = RouterCore("bandit", latency_scale_ms=100.0)
+    router.record_outcome("code", "a", True, 100.0)
+    assert router.bandit_stats("code") == {"a": (1, 0.75)}
+
+
+def test_reasons_say_first_turn_and_unknown_latency() -> None:
+    router = RouterCore("round_robin")
+    agents = [agent("a"), agent("b")]
+    assert route(router, task(), agents).reason == "round robin: first turn, 2 eligible"
+    assert route(router, task(), agents).reason == "round robin: after 'a', 2 eligible"
+    decision = route(RouterCore("performance"), task(), [agent("a", load=1)])
+    assert decision.reason == ("performance: score 0.950 (success 1.00, unknown latency, load 1/4)")
+
+
+def test_decisions_are_counted() -> None:
+    router = RouterCore()
+    for _ in range(3):
+        route(router, task(), [agent("a")])
+    assert router.route(task(), []) is None
+    assert router.statistics()["decisions"] == 3
+    assert router.statistics()["unroutable"] == 1

@@ -166,3 +166,38 @@ def test_backoff_and_childspec_validation() -> None:
         ChildSpec(name="a", factory=object, shutdown_timeout_s=-1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="hang"):
         ChildSpec(name="a", factory=object, hang_timeout_s=0)  # type: ignore[arg-type]
+
+
+def child(**options: object) -> ChildSpec:
+    return ChildSpec(factory=object, **{"name": "a", **options})  # type: ignore[arg-type]
+
+
+def test_childspec_accepts_its_boundaries() -> None:
+    spec = child()
+    assert (spec.restart, spec.shutdown_timeout_s, spec.hang_timeout_s) == (P, 5.0, None)
+    assert child(shutdown_timeout_s=0).shutdown_timeout_s == 0
+    assert child(shutdown_timeout_s=0.5).shutdown_timeout_s == 0.5
+    assert child(hang_timeout_s=0.5).hang_timeout_s == 0.5
+    with pytest.raises(ValueError, match="hang_timeout_s must be > 0"):
+        child(hang_timeout_s=-0.5)
+    with pytest.raises(ValueError, match="name"):
+        child(name="")
+
+
+def test_backoff_accepts_zero_and_equal_bounds_and_rejects_the_rest() -> None:
+    rand = lambda: 0.5  # noqa: E731
+    assert RestartBackoff(min_s=0.0, max_s=1.0).delay("x", 0.0, rand) == 0.0
+    fixed = RestartBackoff(min_s=0.5, max_s=0.5, random_factor=0.0)
+    assert [fixed.delay("x", t, rand) for t in (0.0, 1.0, 2.0)] == [0.5, 0.5, 0.5]
+    for bad in ({"min_s": -0.1}, {"random_factor": -0.1}):
+        with pytest.raises(ValueError, match="need 0 <= min_s <= max_s and random_factor >= 0"):
+            RestartBackoff(**bad)  # type: ignore[arg-type]
+
+
+def test_backoff_streak_resets_exactly_after_reset_after_s() -> None:
+    rand = lambda: 0.0  # noqa: E731
+    b = RestartBackoff(min_s=1.0, max_s=100.0, random_factor=0.0, reset_after_s=10.0)
+    # late clocks: only the time since the last restart matters, not the clock's value
+    assert [b.delay("x", t, rand) for t in (1000.0, 1001.0, 1010.5)] == [1.0, 2.0, 4.0]
+    assert b.delay("x", 1020.5, rand) == 1.0  # exactly reset_after_s later: starts over
+    assert b.delay("x", 1030.0, rand) == 2.0  # 9.5 s later: the streak goes on

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from pydantic import ValidationError
 
 from messages import (
     MANUAL_TRANSITIONS,
     TERMINAL_STATES,
     TRANSITIONS,
+    AgentSpec,
     InvalidTransition,
     TaskRecord,
     TaskSpec,
     TaskState,
     check_transition,
     new_task_id,
+    utcnow,
 )
 
 S = TaskState
@@ -113,3 +119,118 @@ class TaskLifecycle(RuleBasedStateMachine):
 
 
 TestTaskLifecycle = TaskLifecycle.TestCase
+
+
+def test_manual_is_off_by_default() -> None:
+    with pytest.raises(InvalidTransition):
+        check_transition(S.DEAD_LETTERED, S.QUEUED)
+    assert check_transition(S.DEAD_LETTERED, S.QUEUED, manual=True) is S.QUEUED
+
+
+def test_moved_stamps_the_time_applies_changes_and_names_the_task() -> None:
+    before = record(S.QUEUED)
+    at = before.updated_at + timedelta(seconds=5)
+    after = before.moved(S.ASSIGNED, at=at, agent_id="a1", attempt=2)
+    assert (after.state, after.updated_at, after.agent_id, after.attempt) == (
+        S.ASSIGNED,
+        at,
+        "a1",
+        2,
+    )
+    assert (before.state, before.updated_at, before.agent_id) == (S.QUEUED, before.created_at, None)
+    with pytest.raises(InvalidTransition) as info:
+        before.moved(S.COMPLETED, at=at)
+    assert info.value.task_id == before.task_id
+    assert str(before.task_id) in str(info.value)
+
+
+# new_task_id: a UUIDv7 (RFC 9562): 48-bit Unix ms timestamp, version 7, 12 random bits
+# (rand_a), variant 0b10, 62 random bits (rand_b). Clock and randomness are pinned.
+NS = 1_767_225_600_123_456_789  # 2026-01-01T00:00:00.123456789Z
+MIXED = bytes.fromhex("a5c3f00f5a3c96e1d2b4c8e7f1a29384")
+
+
+def pinned_task_id(
+    monkeypatch: pytest.MonkeyPatch, ns: int, random: bytes
+) -> tuple[uuid.UUID, int]:
+    """A new_task_id made at ``ns`` from ``random``, and the int of the bytes it drew."""
+    drawn: list[bytes] = []
+
+    def urandom(n: int) -> bytes:
+        drawn.append(random[:n])
+        return random[:n]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(time, "time_ns", lambda: ns)
+        patch.setattr(os, "urandom", urandom)
+        task_id = new_task_id()
+    assert len(drawn) == 1
+    return task_id, int.from_bytes(drawn[0], "big")
+
+
+@pytest.mark.parametrize("random", [MIXED, bytes(16), b"\xff" * 16], ids=["mixed", "0s", "1s"])
+def test_task_ids_are_uuid7_with_the_time_and_drawn_random_bits(
+    monkeypatch: pytest.MonkeyPatch, random: bytes
+) -> None:
+    task_id, drawn = pinned_task_id(monkeypatch, NS, random)
+    assert task_id.version == 7
+    assert task_id.variant == uuid.RFC_4122
+    assert task_id.int >> 80 == NS // 1_000_000
+    assert (task_id.int >> 64) & 0xFFF == (drawn >> 62) & 0xFFF
+    assert task_id.int & ((1 << 62) - 1) == drawn & ((1 << 62) - 1)
+
+
+def test_task_id_timestamp_wraps_at_48_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    ms = (1 << 48) + 12_345  # far future: only the low 48 bits of the ms count fit
+    task_id, _ = pinned_task_id(monkeypatch, ms * 1_000_000 + 999_999, MIXED)
+    assert task_id.int >> 80 == 12_345
+    assert task_id.version == 7
+    assert task_id.variant == uuid.RFC_4122
+
+
+@given(st.lists(st.integers(min_value=0, max_value=(1 << 48) - 1), min_size=2, max_size=20))
+def test_task_ids_sort_by_creation_millisecond(stamps_ms: list[int]) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        ids = []
+        for ms in stamps_ms:
+            patch.setattr(time, "time_ns", lambda ms=ms: ms * 1_000_000 + 500_000)
+            ids.append(new_task_id())
+    assert [i.int >> 80 for i in ids] == stamps_ms
+    by_id = sorted(range(len(ids)), key=lambda k: ids[k])
+    assert [stamps_ms[k] for k in by_id] == sorted(stamps_ms)
+
+
+def test_utcnow_is_aware_utc_now() -> None:
+    before = datetime.now(UTC)
+    now = utcnow()
+    after = datetime.now(UTC)
+    assert now.tzinfo is UTC
+    assert before <= now <= after
+
+
+# Validation at the boundary: the messages are what a host sees, so they are checked too.
+def test_capability_names_are_1_to_200_characters() -> None:
+    assert AgentSpec(agent_id="a", capabilities={"c" * 200}).capabilities == {"c" * 200}
+    for bad in ("", "c" * 201):
+        with pytest.raises(ValidationError, match="capability names must be 1 to 200 characters"):
+            AgentSpec(agent_id="a", capabilities={"ok", bad})
+    with pytest.raises(ValidationError, match="expected a collection of strings, got a single"):
+        TaskSpec(type="t", required_capabilities="py")  # type: ignore[arg-type]
+
+
+def test_deadline_must_be_timezone_aware() -> None:
+    aware = datetime(2026, 1, 1, tzinfo=UTC)
+    assert TaskSpec(type="t", deadline=aware).deadline == aware
+    with pytest.raises(ValidationError, match="datetimes must be timezone-aware"):
+        TaskSpec(type="t", deadline=datetime(2026, 1, 1))
+
+
+def test_trace_context_is_kept_and_must_map_strings_to_strings() -> None:
+    spec = TaskSpec(type="t", trace_context={"traceparent": "00-a-b-01", "state": "x"})
+    assert dict(spec.trace_context) == {"traceparent": "00-a-b-01", "state": "x"}
+    assert spec.model_dump()["trace_context"] == {"traceparent": "00-a-b-01", "state": "x"}
+    for bad in ({"traceparent": 1}, {1: "x"}):
+        with pytest.raises(ValidationError, match="trace context keys and values must be strings"):
+            TaskSpec(type="t", trace_context=bad)
+    with pytest.raises(ValidationError, match="expected a mapping of strings"):
+        TaskSpec(type="t", trace_context=["traceparent"])
