@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from actors.journal import open_store
-from messages import TaskRecord, TaskState
+from messages import StoreUnavailable, TaskRecord, TaskState
 from messages.task import TaskSpec
 from supervisor import RunnerConfig, TaskContext, TaskRunner
 from tests.conftest import wait_for
@@ -842,3 +842,41 @@ def test_a_crashing_claimer_is_restarted_and_loses_no_task(
     status = runner.status()
     assert status["actors"]["claimer"]["restarts"] == 5
     assert status["counts"]["completed"] == 500
+
+
+def test_a_failing_store_never_crashes_the_claimer(
+    runners: Callable[..., TaskRunner],
+    monkeypatch: pytest.MonkeyPatch,
+    logs: list[dict[str, Any]],
+) -> None:
+    """The database unreachable for a while (here: every claimer call raises): the claimer
+    logs, says when its leases are at risk, keeps its place in the tree, and carries on
+    when the store is back."""
+    runner = runners("flaky", lease_s=0.3, claim_interval_s=0.05)
+    store = runner._require_store()
+    down = threading.Event()
+    down.set()
+    for name in ("renew", "claim", "rescue_expired", "heartbeat_runner"):
+        real = getattr(store, name)
+
+        def failing(*args: Any, __real: Any = real, **kwargs: Any) -> Any:
+            if down.is_set():
+                raise StoreUnavailable("postgres store postgresql://db failed: down [08006]")
+            return __real(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, failing)
+    runner.register_agent(
+        {"agent_id": "a", "capabilities": {"work"}, "max_concurrency": 2}, lambda task: "ok"
+    )
+    wait_for(lambda: any(e["event"] == "claimer.leases_lost" for e in logs))
+    failed = [e for e in logs if e["event"] == "claimer.store_failed"]
+    assert failed
+    assert len(failed) < 10  # one line per distinct failure, not one per tick
+    down.clear()
+    handle = runner.submit({"type": "work"})
+    assert handle.result(timeout=10) == "ok"
+    wait_for(lambda: any(e["event"] == "claimer.leases_renewed" for e in logs))
+    status = runner.status()
+    assert status["actors"]["claimer"]["restarts"] == 0
+    assert status["shared"]["claimer"]["store_errors"] >= len(failed)
+    assert status["shared"]["claimer"]["leases_at_risk"] is False
