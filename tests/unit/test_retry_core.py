@@ -317,9 +317,16 @@ def test_decide_dead_letters_when_the_retry_would_reach_the_deadline() -> None:
 
 
 @pytest.mark.parametrize("attempt", [0, -1, True, 1.0, 2.0])
-def test_decide_refuses_bad_attempts(attempt: int) -> None:
+@pytest.mark.parametrize(
+    ("error_type", "permanent"),
+    [("E", False), ("E", True), ("KeyError", False)],
+    ids=["retryable", "permanent", "non-retryable"],
+)
+def test_decide_refuses_bad_attempts(attempt: int, error_type: str, permanent: bool) -> None:
+    # checked before any dead-letter shortcut, not only where a delay is computed
+    policy = RetryPolicy(non_retryable=frozenset({"KeyError"}))
     with pytest.raises(ValueError, match=r"attempt must be an integer >= 1, got "):
-        decide(RetryPolicy(), attempt, "E", False, BASE, None, fixed(0.5))
+        decide(policy, attempt, error_type, permanent, BASE, None, never_called)
 
 
 def test_retry_decision_is_frozen() -> None:
