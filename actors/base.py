@@ -45,6 +45,13 @@ class ActorContext:
         """
         self._cell._request_self_stop()
 
+    def still_busy(self) -> bool:
+        """Say, inside a long ``receive``, that this actor is working, not hung: the hang
+        watchdog and the health monitor leave it alone. Call it at least every few
+        seconds. Returns False when the supervisor wants the actor (a stop is waiting):
+        give up the message then."""
+        return self._cell.still_busy()
+
     def take_pending(self, limit: int) -> list[Pending]:
         """Take up to ``limit`` more messages from this actor's mailbox, to handle them
         together with the current one (group commit). Answer asks with ``reply``."""

@@ -190,6 +190,7 @@ class Cell:
         self.shell: _Shell | None = None
         self.incarnation = 0
         self.processed = 0
+        self.keepalives = 0  # still_busy() calls: progress inside one long message
         self.failures = 0
         self.restarts = 0
         self.busy_since: float | None = None
@@ -409,6 +410,16 @@ class Cell:
         """Called by the actor itself: report a normal exit after the current message."""
         self._suspend(RuntimeError("normal exit"), kind="stopped", normal=True)
 
+    def still_busy(self) -> bool:
+        """On the actor's thread, inside ``receive``: the current message is slow on
+        purpose (e.g. waiting for a store to come back). Counts as progress, so neither
+        the hang watchdog nor the health monitor replaces the actor. Returns False when a
+        supervisor directive (a stop) waits: the actor should give up the message."""
+        self.keepalives += 1
+        if self.busy_since:
+            self.busy_since = time.monotonic()
+        return not self.control_pending
+
     def take_pending(self, limit: int) -> list[Pending]:
         """On the actor's thread, inside ``receive``: take up to ``limit`` more messages
         from the mailbox to handle as one batch (e.g. one transaction for many writes).
@@ -543,6 +554,7 @@ class Cell:
             name=self.name,
             state=self.state.value,
             processed=self.processed,
+            keepalives=self.keepalives,
             failures=self.failures,
             restarts=self.restarts,
             mailbox_depth=self.mailbox.qsize(),

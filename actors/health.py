@@ -59,7 +59,7 @@ class _Watched:
     ref: ActorRef
     supervisor: ActorRef | None
     agent_id: str | None
-    processed: int = -1
+    processed: int = -1  # processed + keepalives at the last tick
 
 
 @dataclass
@@ -141,8 +141,9 @@ class HealthActor(Actor):
         changes: list[HealthChanged] = []
         for name, watched in state.watched.items():
             stats = watched.ref.statistics()
-            progressed = stats.processed != watched.processed
-            watched.processed = stats.processed
+            work = stats.processed + stats.keepalives
+            progressed = work != watched.processed
+            watched.processed = work
             if stats.state == "running" and (progressed or stats.mailbox_depth == 0):
                 changes += state.core.heartbeat(name, now)
         changes += self._run_checks(now)

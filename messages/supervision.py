@@ -68,6 +68,8 @@ class ActorStatistics(Message):
     name: str
     state: str
     processed: int = Field(ge=0)
+    keepalives: int = Field(default=0, ge=0)
+    """Times the actor said, inside one long message, that it is working (``still_busy``)."""
     failures: int = Field(ge=0)
     restarts: int = Field(ge=0)
     mailbox_depth: int = Field(ge=0)

@@ -1,7 +1,8 @@
 """``arbiter submit | worker | status | tasks | retry-dead``: a durable task store from the shell.
 
-Every command takes ``--store URL`` (default ``sqlite:///arbiter.db`` in the working
-directory). ``submit`` and ``retry-dead`` start a runner without agents and stop it without
+Every command takes ``--store URL`` or ``--store-file PATH`` (default: ``$ARBITER_STORE``,
+else the URL in the file ``$ARBITER_STORE_FILE``, else ``sqlite:///arbiter.db`` in the
+working directory). ``submit`` and ``retry-dead`` start a runner without agents and stop it without
 draining, so their tasks stay QUEUED in the store for a worker; ``worker`` runs handlers
 until SIGTERM/SIGINT (or, with ``--drain``, until no task is unfinished); ``status`` and
 ``tasks`` only read the store.
@@ -31,7 +32,13 @@ from urllib.parse import unquote, urlsplit
 import structlog
 from pydantic import ValidationError
 
-from actors.journal.store import TaskStore, open_store, redact_url, store_for_url
+from actors.journal.store import (
+    TaskStore,
+    open_store,
+    redact_url,
+    resolve_store_url,
+    store_for_url,
+)
 from messages.errors import InvalidMessage, StoreError
 from messages.task import TERMINAL_STATES, AgentSpec, TaskRecord, TaskSpec, TaskState
 from supervisor.runner import RunnerConfig, TaskRunner, load_handler
@@ -102,6 +109,13 @@ def add_commands(sub: Any) -> None:
         help="shared (postgres) store: seconds between looks for work when no notification "
         "came (LISTEN/NOTIFY wakes an idle worker at once)",
     )
+    worker.add_argument(
+        "--store-wait",
+        type=_seconds,
+        default=60.0,
+        help="at start, keep trying a store that is unavailable (a database still starting) "
+        "this many seconds, with backoff (0: fail at once)",
+    )
     worker.add_argument("--json", action="store_true", help="print the exit summary as JSON")
     worker.set_defaults(run=_guarded(_worker))
 
@@ -132,8 +146,19 @@ def add_commands(sub: Any) -> None:
 
 
 def _add_store(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--store", default=DEFAULT_STORE, help=f"store URL (default {DEFAULT_STORE})"
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--store",
+        default=None,
+        help="store URL (default: $ARBITER_STORE, else the URL in the file "
+        f"$ARBITER_STORE_FILE, else {DEFAULT_STORE})",
+    )
+    where.add_argument(
+        "--store-file",
+        default=None,
+        metavar="PATH",
+        help="read the store URL from the first line of this file (keeps a password out "
+        "of the command line)",
     )
 
 
@@ -163,6 +188,10 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
     def run(args: argparse.Namespace) -> int:
         try:
+            try:
+                args.store = resolve_store_url(args.store, args.store_file, default=DEFAULT_STORE)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
             return command(args)
         except (CommandError, StoreError) as exc:
             message = " ".join(str(exc).split())  # one line, whatever the cause says
@@ -258,6 +287,7 @@ def _worker(args: argparse.Namespace) -> int:
             drain_timeout_s=args.drain_timeout,
             lease_s=args.lease,
             claim_interval_s=args.claim_interval,
+            store_wait_s=args.store_wait,
         )
         try:
             for task_type, function in handlers.items():

@@ -30,6 +30,7 @@ import os
 import random
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -63,6 +64,7 @@ from messages.errors import (
     PayloadTooLarge,
     QueueFull,
     StoreError,
+    StoreUnavailable,
     TaskCancelledError,
     TaskFailedError,
     TaskTimeout,
@@ -144,6 +146,13 @@ class RunnerConfig(BaseModel):
     performance_interval_s: float = Field(default=1.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
     journal_batch: int = Field(default=512, ge=1)
+    store_wait_s: float = Field(default=0.0, ge=0)
+    """At start, keep trying a store that is unavailable (a database still starting) this
+    long, with backoff (``store.unavailable`` logged each time). 0: fail at once."""
+    store_outage_s: float = Field(default=60.0, ge=0)
+    """While running, how long the journal keeps retrying the pipeline's writes to a store
+    that became unavailable (a database restart) before it fails. Submits during an outage
+    are refused at once with ``StoreUnavailable``."""
     recover: bool = True
     """On start, put the store's unfinished tasks back in the pipeline. False for a
     short-lived runner that only submits (``arbiter submit``) to a store a worker uses."""
@@ -163,6 +172,41 @@ class RunnerConfig(BaseModel):
     fallback of LISTEN/NOTIFY)."""
     claim_batch: int = Field(default=256, ge=1)
     """Shared store: at most this many tasks per claim (one transaction)."""
+
+
+def open_store_waiting(url: str, wait_s: float) -> TaskStore:
+    """Open the store at ``url``; while it is unavailable, try again with backoff (0.1 s
+    doubling to 5 s) for up to ``wait_s`` seconds. Other errors (a bad URL, a corrupt
+    store, a newer schema) are raised at once; so is the last StoreUnavailable, saying how
+    long it was tried."""
+    started = time.monotonic()
+    delay, attempts = 0.1, 1
+    while True:
+        try:
+            store = open_store(url)
+        except StoreUnavailable as exc:
+            left = started + wait_s - time.monotonic()
+            if left <= 0:
+                if attempts == 1:
+                    raise
+                raise StoreUnavailable(
+                    f"{exc} (tried {attempts} times in {time.monotonic() - started:.1f}s)"
+                ) from exc
+            pause = min(delay, left)
+            _log.warning(
+                "store.unavailable", attempt=attempts, retry_in_s=round(pause, 3), error=str(exc)
+            )
+            time.sleep(pause)
+            delay, attempts = min(delay * 2, 5.0), attempts + 1
+            continue
+        if attempts > 1:
+            _log.info(
+                "store.available",
+                attempts=attempts,
+                waited_s=round(time.monotonic() - started, 3),
+                store=store.url,
+            )
+        return store
 
 
 class TaskHandle:
@@ -238,7 +282,7 @@ class TaskRunner:
 
     def _start(self) -> None:
         config = self.config
-        store = self._store = open_store(config.store)
+        store = self._store = open_store_waiting(config.store, config.store_wait_s)
         system = ActorSystem.start(
             strategy=Strategy.ONE_FOR_ONE,
             max_restarts=config.max_restarts,
@@ -320,6 +364,7 @@ class TaskRunner:
                 self._hub,
                 self.clock,
                 batch_limit=config.journal_batch,
+                outage_s=config.store_outage_s,
             ),
             "events": lambda: EventsActor(events_hub),
             "performance": lambda: PerformanceActor(
@@ -606,12 +651,15 @@ class TaskRunner:
             for spec in validated
         )
         try:
-            stored: tuple[TaskRecord, ...] = self._peers.get("journal").ask(
+            stored: tuple[TaskRecord, ...] | StoreError = self._peers.get("journal").ask(
                 Append.fast(records=records, redelivered=False), timeout=60.0
             )
         except BaseException:
             self._admission.release(len(records))
             raise
+        if isinstance(stored, StoreError):  # the journal refused them: nothing stored
+            self._admission.release(len(records))
+            raise stored
         if self._shared:
             # Stored in the shared queue (the database): not in this runner's queue.
             self._admission.release(len(records))
@@ -647,7 +695,8 @@ class TaskRunner:
         """Wait until the task reaches a terminal state; returns its record.
 
         Shared mode: another runner may finish the task, so the store is polled too
-        (every 10 ms at first, slowing down to every 200 ms)."""
+        (every 10 ms at first, slowing down to every 200 ms); a poll that finds the store
+        unavailable (a database restart) is tried again until the timeout."""
         done = threading.Event()
         box: list[TaskRecord] = []
 
@@ -657,8 +706,13 @@ class TaskRunner:
 
         self._waiters.add(task_id, resolved)
         try:
-            record = self.get(task_id)
-            if record.state in TERMINAL_STATES:
+            try:
+                record: TaskRecord | None = self.get(task_id)
+            except StoreUnavailable:
+                if not self._shared:
+                    raise
+                record = None  # polled again below
+            if record is not None and record.state in TERMINAL_STATES:
                 return record
             if not self._shared:
                 if not done.wait(timeout):
@@ -672,10 +726,14 @@ class TaskRunner:
                     raise TaskTimeout(f"task {task_id} did not finish within {timeout}s")
                 if done.wait(pause if left is None else min(pause, left)):
                     return box[0]
-                record = self.get(task_id)
+                pause = min(pause * 2, most)
+                try:
+                    record = self.get(task_id)
+                except StoreUnavailable as exc:
+                    _log.info("runner.wait_store_unavailable", task_id=str(task_id), error=str(exc))
+                    continue
                 if record.state in TERMINAL_STATES:
                     return record
-                pause = min(pause * 2, most)
         finally:
             self._waiters.discard(task_id, resolved)
 

@@ -19,6 +19,7 @@ from actors.journal.store import (
     TaskStore,
     open_store,
     redact_url,
+    resolve_store_url,
     store_for_url,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "TaskStore",
     "open_store",
     "redact_url",
+    "resolve_store_url",
     "store_for_url",
 ]
 

@@ -9,23 +9,37 @@ submitters, hand new tasks to the queue and wake the waiters of finished tasks.
 With a shared store (many runners on one PostgreSQL database) new tasks are not queued
 here: they wait in the store for whichever runner claims them (the store notifies the
 runners). An update the store fenced (this runner lost the task's lease) wakes nobody.
+
+When the store is unavailable (a database restarting, a lost connection, a locked SQLite
+file), the new tasks of the batch are refused at once (their submitters get the
+``StoreUnavailable``: nothing was stored, nothing is lost) while the updates, which only
+the pipeline holds, are retried with backoff for up to ``outage_s`` seconds
+(``journal.store_unavailable`` ... ``journal.store_recovered``). Later messages wait in
+the mailbox meanwhile, so the store still sees every task's changes in order. Past
+``outage_s`` the journal fails like any actor and its supervisor takes over.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from actors.base import Actor
 from actors.cell import Pending
 from actors.journal.store import TaskStore
 from actors.pipeline import Clock, EventHub, Peers, ResultWaiters
-from messages.errors import InvalidTransition
+from messages.errors import InvalidTransition, StoreUnavailable
 from messages.pipeline import Append, Enqueue, InjectCrash, Persist, RequeueDeadLetters, Sync
 from messages.task import TaskRecord, TaskState
 
 __all__ = ["JournalActor", "JournalState"]
+
+_RETRY_FIRST_S: Final = 0.05  # first wait before writing again to an unavailable store
+_RETRY_CAP_S: Final = 2.0  # longest wait between two attempts
+_KEEPALIVE_S: Final = 0.25  # how often a waiting journal tells the watchdog it is alive
 
 
 @dataclass
@@ -36,6 +50,8 @@ class JournalState:
     commits: int = 0
     records_written: int = 0
     fenced: int = 0
+    outages: int = 0
+    refused: int = 0
     batch_sizes: list[int] = field(default_factory=list)
 
 
@@ -51,6 +67,7 @@ class JournalActor(Actor):
         clock: Clock,
         batch_limit: int = 512,
         on_terminal: Callable[[TaskRecord], None] | None = None,
+        outage_s: float = 60.0,
     ) -> None:
         self.state = state
         self.peers = peers
@@ -59,6 +76,7 @@ class JournalActor(Actor):
         self.clock = clock
         self.batch_limit = batch_limit
         self.on_terminal = on_terminal
+        self.outage_s = outage_s
 
     def receive(self, message: Any) -> Any:
         if isinstance(message, Append | Persist):
@@ -78,6 +96,8 @@ class JournalActor(Actor):
             "records_written": self.state.records_written,
             "mean_batch": round(sum(sizes) / len(sizes), 2) if sizes else 0.0,
             "fenced": self.state.fenced,
+            "outages": self.state.outages,
+            "refused": self.state.refused,
             "store": self.state.store.url,
         }
 
@@ -98,7 +118,17 @@ class JournalActor(Actor):
         inserts = [record for append, _ in appends for record in append.records]
         updates = [record for persist in persists for record in persist.records]
         store = self.state.store
-        stored, fenced = store.apply_fenced(inserts, updates)
+        refused: StoreUnavailable | None = None
+        try:
+            stored, fenced = store.apply_fenced(inserts, updates)
+        except StoreUnavailable as exc:
+            # Refuse the new tasks (their submitters hear it now; nothing is stored) and
+            # keep the updates, which nobody else holds, until the store is back.
+            refused, inserts = exc, []
+            self.state.refused += len(appends)
+            stored, fenced = (
+                self._through_outage(updates, others, exc) if updates else ([], frozenset())
+            )
         self.state.fenced += len(fenced)
         self.state.commits += 1
         self.state.records_written += len(inserts) + len(updates)
@@ -109,7 +139,7 @@ class JournalActor(Actor):
         fresh: list[TaskRecord] = []
         offset = 0
         answer_first: Any = None
-        for append, item in appends:
+        for append, item in appends if refused is None else ():
             mine = stored[offset : offset + len(append.records)]
             offset += len(append.records)
             fresh.extend(
@@ -119,6 +149,12 @@ class JournalActor(Actor):
                 answer_first = tuple(mine)
             else:
                 item.reply(tuple(mine))
+        if refused is not None:  # the submitter raises it (see TaskRunner.submit_many)
+            for _append, item in appends:
+                if item is None:
+                    answer_first = refused
+                else:
+                    item.reply(refused)
         if fresh:
             if self.hub.active:
                 for record in fresh:
@@ -147,6 +183,79 @@ class JournalActor(Actor):
                 item.fail(exc)
                 raise
         return answer_first
+
+    def _through_outage(
+        self, updates: list[TaskRecord], others: list[Pending], error: StoreUnavailable
+    ) -> tuple[list[TaskRecord], frozenset[uuid.UUID]]:
+        """Write ``updates`` once the store is back: retry with backoff (0.05 s doubling
+        to 2 s) for up to ``outage_s``, then raise the last error (the supervisor's
+        turn). Gives up at once when a stop is waiting.
+
+        Meanwhile the mailbox is worked: new submits are refused at once, later updates
+        join ``updates`` (in order, for the same transaction), anything else waits in
+        ``others`` for the end of the outage."""
+        log = self.context.log
+        self.state.outages += 1
+        started = time.monotonic()
+        log.warning(
+            "journal.store_unavailable",
+            records=len(updates),
+            retry_for_s=self.outage_s,
+            error=str(error),
+        )
+        delay, attempts = _RETRY_FIRST_S, 1
+        while True:
+            left = started + self.outage_s - time.monotonic()
+            if left <= 0 or not self._wait(min(delay, left), updates, others, error):
+                log.error(
+                    "journal.store_gave_up",
+                    records=len(updates),
+                    attempts=attempts,
+                    outage_s=round(time.monotonic() - started, 3),
+                    error=str(error),
+                )
+                raise error
+            delay = min(delay * 2, _RETRY_CAP_S)
+            attempts += 1
+            try:
+                written = self.state.store.apply_fenced((), updates)
+            except StoreUnavailable as exc:
+                error = exc
+                continue
+            log.info(
+                "journal.store_recovered",
+                records=len(updates),
+                attempts=attempts,
+                outage_s=round(time.monotonic() - started, 3),
+            )
+            return written
+
+    def _wait(
+        self,
+        seconds: float,
+        updates: list[TaskRecord],
+        others: list[Pending],
+        error: StoreUnavailable,
+    ) -> bool:
+        """Sleep ``seconds`` while working the mailbox (see ``_through_outage``) and
+        telling the watchdog we are alive; False if a stop waits."""
+        end = time.monotonic() + seconds
+        while True:
+            if not self.context.still_busy():
+                return False
+            for item in self.context.take_pending(self.batch_limit):
+                message = item.message
+                if isinstance(message, Append):
+                    self.state.refused += 1
+                    item.reply(error)
+                elif isinstance(message, Persist):
+                    updates.extend(message.records)
+                else:
+                    others.append(item)
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            time.sleep(min(left, _KEEPALIVE_S))
 
     def _requeue_dead(self, message: RequeueDeadLetters) -> tuple[TaskRecord, ...]:
         store = self.state.store

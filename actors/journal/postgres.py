@@ -8,8 +8,17 @@ columns are derived from it on every write.
 URL: ``postgresql://user:password@host:port/dbname?schema=NAME&sslmode=...`` (or
 ``postgres://``). ``schema`` (default ``public``) names the PostgreSQL schema that holds
 the tables; it is created when missing. Every other query parameter goes to libpq as is
-(``sslmode``, ``application_name``, ``connect_timeout``, ...). Without ``connect_timeout``
-in the URL, connecting gives up after :data:`DEFAULT_CONNECT_TIMEOUT` seconds.
+(``sslmode``, ``application_name``, ``connect_timeout``, ``passfile``, ...). Without
+``connect_timeout`` in the URL, connecting gives up after :data:`DEFAULT_CONNECT_TIMEOUT`
+seconds. What the URL leaves out, libpq takes from the environment (``PGHOST``,
+``PGPORT``, ``PGUSER``, ``PGPASSWORD``, ``PGDATABASE``, ``PGPASSFILE``...): with
+``postgresql:///?schema=arbiter`` no secret needs to be in the URL at all.
+
+Nothing hangs on a slow or broken network: ``statement_timeout`` (our own parameter, in
+seconds, default :data:`DEFAULT_STATEMENT_TIMEOUT`; 0 turns it off) bounds every statement
+on the server, lock waits included; TCP keepalives and ``tcp_user_timeout`` (libpq's,
+defaults below unless the URL sets them) find a dead peer. Such a failure is a
+``StoreUnavailable``, which the journal retries (see ``actors.journal.actor``).
 
 Sequences come from an identity column's sequence (``nextval``), so they are unique and
 increasing across every process, and never reused: a rolled-back batch or a duplicate
@@ -36,15 +45,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Self, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 import psycopg.errors
@@ -53,6 +64,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
+from psycopg_pool.base import AttemptWithBackoff
 from pydantic import ValidationError
 
 from actors.journal.store import (
@@ -80,6 +92,7 @@ from messages.task import TERMINAL_STATES
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_SCHEMA",
+    "DEFAULT_STATEMENT_TIMEOUT",
     "MIGRATIONS",
     "PostgresStore",
     "channel_name",
@@ -90,6 +103,15 @@ _log = structlog.get_logger("arbiter.store")
 DEFAULT_SCHEMA: Final = "public"
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 """Seconds to wait for a connection (libpq ``connect_timeout``, and the pool's wait)."""
+DEFAULT_STATEMENT_TIMEOUT: Final = 30.0
+"""Seconds a statement may run (or wait for a lock) before the server cancels it."""
+_TCP_DEFAULTS: Final = {  # libpq: probe an idle connection after 10 s, drop after 3 misses
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",  # ms unacknowledged before the kernel drops the connection
+}
 
 _MAX_IDENTIFIER_BYTES: Final = 63  # PostgreSQL truncates longer names (NAMEDATALEN - 1)
 _RETRIES: Final = 3  # attempts of a batch that lost a deadlock or serialization race
@@ -345,6 +367,7 @@ class _Target:
     schema: str
     connect_timeout: float
     secrets: tuple[str, ...]
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT
 
 
 def _parse_url(url: str, schema: str | None, connect_timeout: float | None) -> _Target:
@@ -354,15 +377,27 @@ def _parse_url(url: str, schema: str | None, connect_timeout: float | None) -> _
     if scheme not in ("postgresql", "postgres"):
         raise ValueError(f"not a postgres store URL: {redact_url(url)!r}")
     kept: list[str] = []
+    statement_timeout = DEFAULT_STATEMENT_TIMEOUT
     for pair in parts.query.split("&") if parts.query else []:
         key, _, value = pair.partition("=")
         if unquote(key) == "schema":
             if schema is None:
                 schema = unquote(value)
+        elif unquote(key) == "statement_timeout":
+            try:
+                statement_timeout = float(unquote(value))
+            except ValueError:
+                raise ValueError(f"statement_timeout must be seconds, got {value!r}") from None
+            if not statement_timeout >= 0:  # also refuses NaN
+                raise ValueError(f"statement_timeout must be >= 0 seconds, got {value!r}")
         elif pair:
             kept.append(pair)
-    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, "&".join(kept), ""))
+    # (not urlunsplit: it drops the "//" of an empty host, which libpq then cannot read)
+    query = "&".join(kept)
+    conninfo = f"postgresql://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
     secrets = {unquote(parts.password)} if parts.password else set()
+    if os.environ.get("PGPASSWORD"):
+        secrets.add(os.environ["PGPASSWORD"])
     try:
         params = conninfo_to_dict(conninfo)
     except psycopg.Error as exc:
@@ -385,7 +420,13 @@ def _parse_url(url: str, schema: str | None, connect_timeout: float | None) -> _
             raise ValueError(f"connect_timeout must be seconds, got {given!r}") from None
     if not connect_timeout > 0:  # also refuses NaN
         raise ValueError(f"connect_timeout must be > 0 seconds, got {connect_timeout!r}")
-    return _Target(conninfo, schema, connect_timeout, tuple(sorted(secrets, key=len)[::-1]))
+    return _Target(
+        conninfo,
+        schema,
+        connect_timeout,
+        tuple(sorted(secrets, key=len)[::-1]),
+        statement_timeout,
+    )
 
 
 def _scrub(text: str, secrets: Sequence[str] | set[str]) -> str:
@@ -516,6 +557,12 @@ class PostgresStore(TaskStore):
             kwargs["connect_timeout"] = max(1, math.ceil(self._target.connect_timeout))
         if "application_name" not in params:
             kwargs["application_name"] = "arbiter"
+        # (libpq ignores these on a Unix socket)
+        kwargs.update({name: value for name, value in _TCP_DEFAULTS.items() if name not in params})
+        if self._target.statement_timeout:
+            option = f"-c statement_timeout={round(self._target.statement_timeout * 1000)}"
+            given = params.get("options")
+            kwargs["options"] = f"{given} {option}" if given else option
         return kwargs
 
     def open(self) -> Self:
@@ -533,7 +580,7 @@ class PostgresStore(TaskStore):
                     version = self._prepare(conn)
             except psycopg.Error as exc:
                 raise self._translate(exc, "opening") from None
-            pool: ConnectionPool[psycopg.Connection[TupleRow]] = ConnectionPool(
+            pool: ConnectionPool[psycopg.Connection[TupleRow]] = _Pool(
                 self._target.conninfo,
                 kwargs=kwargs,
                 min_size=self._min_size,
@@ -669,20 +716,18 @@ class PostgresStore(TaskStore):
         pool = self._checked_pool()
         if not inserts and not updates:
             return [], frozenset()
-        for attempt in range(1, _RETRIES + 1):
+        tries = _Tries(self._max_size)
+        while True:
             try:
-                with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                with tries.connection(pool) as conn, conn.transaction(), conn.cursor() as cur:
                     stored, inserted = self._insert_all(cur, inserts)
                     applied, fenced = self._update_all(cur, updates, fence=True)
                     if inserted or any(_claimable(r) for r in applied):
                         cur.execute(self._sql["notify"], (self._channel,))
-            except _RETRYABLE as exc:
-                self._count(rollbacks=1)
-                if attempt == _RETRIES:
-                    raise self._translate(exc, "writing") from exc
-                continue
             except psycopg.Error as exc:
                 self._count(rollbacks=1)
+                if tries.again(exc):
+                    continue
                 raise self._translate(exc, "writing") from exc
             except BaseException:
                 self._count(rollbacks=1)
@@ -697,7 +742,6 @@ class PostgresStore(TaskStore):
             if fenced:
                 self._fenced(fenced)
             return stored, frozenset(record.task_id for record, _ in fenced)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _fenced(self, fenced: list[tuple[TaskRecord, str | None]]) -> None:
         with self._lock:
@@ -1118,18 +1162,16 @@ class PostgresStore(TaskStore):
         journal's) flushes the WAL up to it anyway.
         """
         pool = self._checked_pool()
-        for attempt in range(1, _RETRIES + 1):
+        tries = _Tries(self._max_size)
+        while True:
             try:
-                with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                with tries.connection(pool) as conn, conn.transaction(), conn.cursor() as cur:
                     if not durable:
                         cur.execute(b"SET LOCAL synchronous_commit = off")
                     return work(cur)
-            except _RETRYABLE as exc:
-                if attempt == _RETRIES:
-                    raise self._translate(exc, action) from exc
             except psycopg.Error as exc:
-                raise self._translate(exc, action) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+                if not tries.again(exc):
+                    raise self._translate(exc, action) from exc
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -1177,11 +1219,14 @@ class PostgresStore(TaskStore):
 
     def _query(self, name: str, params: Sequence[object]) -> list[TupleRow]:
         pool = self._checked_pool()
-        try:
-            with pool.connection() as conn:
-                return conn.execute(self._sql[name], params).fetchall()
-        except psycopg.Error as exc:
-            raise self._translate(exc, "reading") from exc
+        tries = _Tries(self._max_size)
+        while True:
+            try:
+                with tries.connection(pool) as conn:
+                    return conn.execute(self._sql[name], params).fetchall()
+            except psycopg.Error as exc:
+                if not tries.again(exc):
+                    raise self._translate(exc, "reading") from exc
 
     def _one(self, name: str, params: Sequence[object]) -> TaskRecord | None:
         rows = self._query(name, params)
@@ -1243,6 +1288,71 @@ class PostgresStore(TaskStore):
         if isinstance(exc, _UNAVAILABLE):
             return StoreUnavailable(message)
         return StoreError(message)
+
+
+class _QuickAttempt(AttemptWithBackoff):
+    """The pool's reconnection backoff, from 0.1 s doubling to at most 2 s.
+
+    psycopg_pool's own starts at 1 s and doubles without a cap (up to its 5-minute
+    reconnect timeout), so after a minute-long outage a pool may wait another minute
+    before it tries again: a runner would sit idle that long after the database is back.
+    """
+
+    INITIAL_DELAY = 0.1
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, 2.0)
+
+
+class _Pool(ConnectionPool[psycopg.Connection[TupleRow]]):
+    """A connection pool that reconnects quickly (see :class:`_QuickAttempt`)."""
+
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        if attempt is None:
+            attempt = _QuickAttempt(timeout=self.reconnect_timeout)
+        super()._add_connection(attempt, growing)
+
+
+class _Tries:
+    """Whether a failed statement may run again, on another pooled connection.
+
+    After a lost deadlock or serialization race (the transaction was rolled back):
+    up to ``_RETRIES`` attempts in all. After a *broken* connection (one the database
+    closed while it sat in the pool, e.g. when the database restarted): once more per
+    pool slot, so a pool full of dead connections is worked through. Writes are safe to
+    repeat even when a commit's outcome was lost with its connection: an insert of a
+    stored id is a duplicate (the stored record is returned), an update writes the same
+    version again. Anything else (the database is down, a statement timed out) is the
+    caller's: the journal waits for the store to come back.
+    """
+
+    __slots__ = ("_broken", "_conn", "_limit", "_lost")
+
+    def __init__(self, pool_size: int) -> None:
+        self._lost = 0
+        self._broken = 0
+        self._limit = pool_size + 1
+        self._conn: psycopg.Connection[TupleRow] | None = None
+
+    @contextmanager
+    def connection(
+        self, pool: ConnectionPool[psycopg.Connection[TupleRow]]
+    ) -> Iterator[psycopg.Connection[TupleRow]]:
+        with pool.connection() as conn:
+            self._conn = conn
+            yield conn
+
+    def again(self, exc: psycopg.Error) -> bool:
+        conn, self._conn = self._conn, None
+        if isinstance(exc, _RETRYABLE):
+            self._lost += 1
+            return self._lost < _RETRIES
+        if isinstance(exc, psycopg.OperationalError) and conn is not None and conn.broken:
+            self._broken += 1
+            _log.info("store.connection_lost", retrying=self._broken < self._limit)
+            return self._broken < self._limit
+        return False
 
 
 def _claimable(record: TaskRecord) -> bool:

@@ -15,13 +15,20 @@ Supported URLs::
     postgres://host/db?schema=arbiter&sslmode=require
                                                 tables in schema ``arbiter`` (default public);
                                                 other options go to libpq
+
+Where a command takes its URL from (:func:`resolve_store_url`): ``--store URL``, else the
+first line of ``--store-file PATH``, else ``$ARBITER_STORE``, else the first line of the
+file ``$ARBITER_STORE_FILE`` (a mounted secret), else the default. A postgres URL may
+leave out what libpq finds in ``PG*`` variables (``postgresql:///?schema=arbiter`` with
+``PGHOST``, ``PGUSER``, ``PGPASSWORD`` or ``PGPASSFILE`` set).
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -35,6 +42,7 @@ __all__ = [
     "TaskStore",
     "open_store",
     "redact_url",
+    "resolve_store_url",
     "store_for_url",
 ]
 
@@ -333,6 +341,45 @@ def store_for_url(url: str) -> TaskStore:
         f"unknown store scheme {scheme!r} in {redact_url(url)!r}; "
         "supported: memory://, sqlite:///path, postgresql://"
     )
+
+
+def resolve_store_url(
+    url: str | None = None,
+    file: str | None = None,
+    *,
+    default: str,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """The store URL to use: ``url``, else the first line of ``file``, else
+    ``$ARBITER_STORE``, else the first line of the file ``$ARBITER_STORE_FILE``, else
+    ``default``. A file keeps the password out of the command line (``ps``), the shell's
+    history and the environment of child processes.
+
+    Raises ValueError for a file that cannot be read or holds no URL (the message names
+    the file, never its content).
+    """
+    env = os.environ if environ is None else environ
+    if url:
+        return url
+    if file:
+        return _url_from_file(file, "--store-file")
+    if env.get("ARBITER_STORE"):
+        return env["ARBITER_STORE"]
+    if env.get("ARBITER_STORE_FILE"):
+        return _url_from_file(env["ARBITER_STORE_FILE"], "$ARBITER_STORE_FILE")
+    return default
+
+
+def _url_from_file(path: str, origin: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            line = handle.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ValueError(f"cannot read the store URL from {origin} {path}: {reason}") from None
+    if not line:
+        raise ValueError(f"{origin} {path} holds no store URL (its first line is empty)")
+    return line
 
 
 def open_store(url: str) -> TaskStore:
