@@ -15,6 +15,7 @@ from typing import Annotated, Any, Self, TypeAlias
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 __all__ = [
+    "EMPTY_FROZEN_DICT",
     "FrozenDict",
     "JsonValue",
     "Message",
@@ -56,6 +57,16 @@ class FrozenDict(Mapping[str, Any]):
         return f"FrozenDict({self._data!r})"
 
 
+EMPTY_FROZEN_DICT: FrozenDict = FrozenDict()
+"""The one empty FrozenDict: every empty JSON object and empty default shares it (it is
+immutable), so an empty payload or trace context costs no memory per message."""
+
+
+def empty_frozen_dict() -> FrozenDict:
+    """``EMPTY_FROZEN_DICT``, as a pydantic ``default_factory``."""
+    return EMPTY_FROZEN_DICT
+
+
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -78,7 +89,7 @@ def freeze_json(value: Any, _depth: int = 0) -> Any:
             if not isinstance(key, str):
                 raise ValueError(f"JSON object keys must be strings, got {type(key).__name__}")
             out[key] = freeze_json(item, _depth + 1)
-        return FrozenDict(out)
+        return FrozenDict(out) if out else EMPTY_FROZEN_DICT
     if isinstance(value, list | tuple):
         return tuple(freeze_json(item, _depth + 1) for item in value)
     raise ValueError(f"value of type {type(value).__name__} is not JSON")
@@ -107,9 +118,32 @@ JsonValue: TypeAlias = Annotated[
 
 
 class Message(BaseModel):
-    """Base of every message: frozen, no unknown fields, strict types."""
+    """Base of every message: frozen, no unknown fields, strict types.
+
+    Messages are kept compact in memory (a runner holds one task record per queued task):
+    every message built by :meth:`fast`, :meth:`evolve` or validation keeps its fields in
+    a *key-sharing* dict (CPython stores the field names once per class and only the
+    values per instance: about 40% of an ordinary dict) and shares its "fields set" with
+    the other messages of its class that set the same fields. Both are invisible to
+    pydantic and to callers: the dict is an ordinary ``dict``, and a frozen model never
+    changes its fields set in place (pydantic copies it in ``model_copy``).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """After validation: the same values moved into a compact dict, the fields set
+        shared with equal ones (see the class docstring)."""
+        shape = _shape(type(self))
+        data = self.__dict__
+        if len(data) == len(shape.template):  # every field is set (not a partial construct)
+            compact = shape.template.copy()
+            compact.update(data)
+            object.__setattr__(self, "__dict__", compact)
+        fields_set = self.__pydantic_fields_set__
+        if isinstance(fields_set, set):
+            shared = shape.fields_sets.setdefault(frozenset(fields_set), fields_set)
+            object.__setattr__(self, "__pydantic_fields_set__", shared)
 
     @classmethod
     def fast(cls, **values: Any) -> Self:
@@ -120,30 +154,23 @@ class Message(BaseModel):
         once per class; every default of a message is immutable, so sharing is safe).
         Unknown or missing required fields are a bug, refused here with ``TypeError``.
         """
-        shape = _FAST_SHAPES.get(cls)
-        if shape is None:
-            fields = cls.model_fields
-            shape = (
-                {
-                    name: field.get_default(call_default_factory=True)
-                    for name, field in fields.items()
-                    if not field.is_required()
-                },
-                frozenset(name for name, field in fields.items() if field.is_required()),
-                frozenset(fields),
-            )
-            _FAST_SHAPES[cls] = shape
-        defaults, required, allowed = shape
+        shape = _SHAPES.get(cls) or _shape(cls)
         keys = values.keys()
-        if not (required <= keys and keys <= allowed):
+        if not (shape.required <= keys and keys <= shape.allowed):
             raise TypeError(
-                f"{cls.__name__}.fast: unknown {sorted(keys - allowed)}, "
-                f"missing {sorted(required - keys)}"
+                f"{cls.__name__}.fast: unknown {sorted(keys - shape.allowed)}, "
+                f"missing {sorted(shape.required - keys)}"
             )
+        data = shape.template.copy()  # the defaults, in a compact dict
+        data.update(values)
         message = cls.__new__(cls)
         _set = object.__setattr__
-        _set(message, "__dict__", {**defaults, **values})
-        _set(message, "__pydantic_fields_set__", set(values))
+        _set(message, "__dict__", data)
+        _set(
+            message,
+            "__pydantic_fields_set__",
+            shape.every if len(keys) == len(shape.allowed) else set(keys),
+        )
         _set(message, "__pydantic_extra__", None)
         _set(message, "__pydantic_private__", None)
         return message
@@ -153,25 +180,72 @@ class Message(BaseModel):
 
         Cheaper than ``model_copy(update=...)`` on the hot path: copies share one "fields
         set" object per class (holding every field name), where pydantic would copy a set
-        per instance. Unknown field names raise ``TypeError``.
+        per instance, and a copy of a compact dict is compact. Unknown field names raise
+        ``TypeError``.
         """
         cls = type(self)
-        every = _ALL_FIELDS.get(cls)
-        if every is None:
-            every = _ALL_FIELDS[cls] = set(cls.model_fields)
-        if not changes.keys() <= every:
-            raise TypeError(f"{cls.__name__}.evolve: unknown {sorted(changes.keys() - every)}")
+        shape = _SHAPES.get(cls) or _shape(cls)
+        if not changes.keys() <= shape.allowed:
+            raise TypeError(
+                f"{cls.__name__}.evolve: unknown {sorted(changes.keys() - shape.allowed)}"
+            )
         data = self.__dict__.copy()
         data.update(changes)
         copy = cls.__new__(cls)
         _set = object.__setattr__
         _set(copy, "__dict__", data)
-        _set(copy, "__pydantic_fields_set__", every)
+        _set(copy, "__pydantic_fields_set__", shape.every)
         _set(copy, "__pydantic_extra__", None)
         _set(copy, "__pydantic_private__", None)
         return copy
 
 
-# Shared by every copy evolve() makes of a class; pydantic only ever mutates its own copies.
-_ALL_FIELDS: dict[type[Message], set[str]] = {}
-_FAST_SHAPES: dict[type[Message], tuple[dict[str, Any], frozenset[str], frozenset[str]]] = {}
+class _Shape:
+    """What :class:`Message` keeps per class, computed once: field defaults, names, the
+    compact template dict, and the shared fields sets."""
+
+    __slots__ = ("allowed", "every", "fields_sets", "holder", "required", "template")
+
+    def __init__(self, cls: type[Message]) -> None:
+        fields = cls.model_fields
+        defaults = {
+            name: field.get_default(call_default_factory=True)
+            for name, field in fields.items()
+            if not field.is_required()
+        }
+        self.required = frozenset(name for name, field in fields.items() if field.is_required())
+        self.allowed = frozenset(fields)
+        # Shared by every copy evolve() makes (and by fast() when given every field);
+        # pydantic never mutates the fields set of a frozen model in place.
+        self.every: set[str] = set(fields)
+        self.fields_sets: dict[frozenset[str], set[str]] = {self.allowed: self.every}
+        # Every field, in declaration order, with its default (None for a required one,
+        # always overwritten). Its copies share its keys, so each holds only the values.
+        self.holder: type = type(f"_{cls.__name__}Fields", (), {})
+        self._fill(tuple(fields), defaults)  # the class's shared keys learn the fields
+        for _ in range(_SHARED_KEYS_SLACK):
+            # CPython (3.11) gives each instance of a class values room for the keys' spare
+            # capacity, and shrinks that spare room by one per instance created: after
+            # these, a copy of the template holds just the fields' values.
+            self.holder()
+        self.template = self._fill(tuple(fields), defaults)
+
+    def _fill(self, names: tuple[str, ...], defaults: dict[str, Any]) -> dict[str, Any]:
+        # Attributes set on an instance of a plain class, always in the same order, live in
+        # a key-sharing dict (the class holds the keys); copies of it stay key-sharing.
+        instance = self.holder()
+        for name in names:
+            setattr(instance, name, defaults.get(name))
+        data: dict[str, Any] = instance.__dict__
+        return data
+
+
+_SHAPES: dict[type[Message], _Shape] = {}
+_SHARED_KEYS_SLACK = 40
+
+
+def _shape(cls: type[Message]) -> _Shape:
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        shape = _SHAPES[cls] = _Shape(cls)
+    return shape

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, model_validator
 
-from messages.base import FrozenDict, JsonValue, Message
+from messages.base import FrozenDict, JsonValue, Message, empty_frozen_dict
 from messages.errors import InvalidTransition
 
 __all__ = [
@@ -148,7 +148,7 @@ AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
 
 def _to_frozen_str_map(value: Any) -> Any:
     if isinstance(value, dict):
-        return FrozenDict(value)
+        return FrozenDict(value) if value else empty_frozen_dict()
     return value
 
 
@@ -177,14 +177,14 @@ class TaskSpec(Message):
     """
 
     type: str = Field(min_length=1, max_length=200)
-    payload: JsonValue = Field(default_factory=FrozenDict)
+    payload: JsonValue = Field(default_factory=empty_frozen_dict)
     priority: int = Field(default=0, ge=PRIORITY_MIN, le=PRIORITY_MAX)
     required_capabilities: Capabilities = frozenset()
     timeout_s: float | None = Field(default=60.0, gt=0)
     max_attempts: int | None = Field(default=None, ge=1, le=1000)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     deadline: AwareDatetime | None = None
-    trace_context: TraceContext = Field(default_factory=FrozenDict)
+    trace_context: TraceContext = Field(default_factory=empty_frozen_dict)
     backoff_base_s: float | None = Field(default=None, ge=0)
     backoff_cap_s: float | None = Field(default=None, ge=0)
 

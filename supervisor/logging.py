@@ -11,6 +11,21 @@ import structlog
 __all__ = ["configure_logging"]
 
 
+class _ToStructlog(logging.Handler):
+    """Stdlib logging of libraries (psycopg's pool, pykka) as structlog events
+    ``library.log``: the same format, and one line per write, so that lines of two threads
+    never run into each other."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError) as exc:  # a library's bad format string
+            message = f"{record.msg!r} (unformattable: {exc})"
+        structlog.get_logger("arbiter.library").log(
+            record.levelno, "library.log", logger=record.name, message=message
+        )
+
+
 def configure_logging(
     fmt: Literal["auto", "console", "json"] = "auto",
     level: int | str = logging.INFO,
@@ -40,6 +55,10 @@ def configure_logging(
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.WriteLoggerFactory(out),  # line and newline: one write
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    if not any(isinstance(handler, _ToStructlog) for handler in root.handlers):
+        handler = _ToStructlog(logging.WARNING)
+        root.addHandler(handler)

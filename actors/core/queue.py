@@ -10,6 +10,10 @@ head-of-line blocking), plus one heap of deadlines. Removal other than from a he
 (cancel, expiry) is lazy: the heap entry stays as a tombstone and is skipped when it
 surfaces; the heaps are compacted once tombstones outnumber live entries, so memory stays
 within twice the live size.
+
+Memory: a pending task costs one tuple ``(-priority, sequence, record)``, held both by its
+heap and by the id index (the index holding *that very tuple* is what makes the heap entry
+live), plus the record itself, which is the one the store keeps (shared, not copied).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import heapq
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import NamedTuple, TypeAlias
+from typing import TypeAlias
 
 from messages.errors import QueueFull
 from messages.task import TaskRecord
@@ -31,9 +35,11 @@ DEFAULT_CAPACITY = 10_000
 RoutingKey: TypeAlias = frozenset[str]
 """What an agent must offer to take a task: its type and every required capability."""
 
-# (-priority, push sequence, task id): the negated priority makes heapq's min-heap pop the
-# highest priority first; the sequence is unique, so comparison never reaches the id.
-_Entry: TypeAlias = tuple[int, int, uuid.UUID]
+# (-priority, push sequence, record): the negated priority makes heapq's min-heap pop the
+# highest priority first; the sequence is unique, so comparison never reaches the record.
+# The same tuple is the task's entry in the id index: a heap entry is live when the index
+# holds that very tuple (a task pushed again gets a new one).
+_Entry: TypeAlias = tuple[int, int, TaskRecord]
 # (deadline, push sequence, task id), same trick.
 _DeadlineEntry: TypeAlias = tuple[datetime, int, uuid.UUID]
 
@@ -53,17 +59,6 @@ class _Bucket:
         self.key = key
         self.heap: list[_Entry] = []
         self.live = 0
-
-
-class _Pending(NamedTuple):
-    """What the core keeps per pending task besides its heap entries."""
-
-    # The sequence of the task's *current* heap entries: an entry with another sequence is
-    # a tombstone left by an earlier cancel/expire of a task id that was pushed again.
-    seq: int
-    # A shared reference rather than the key itself, so equal keys cost one object in total.
-    bucket: _Bucket
-    record: TaskRecord
 
 
 class TaskQueueCore:
@@ -95,7 +90,7 @@ class TaskQueueCore:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity must be an integer >= 1, got {capacity!r}")
         self._capacity = capacity
-        self._tasks: dict[uuid.UUID, _Pending] = {}
+        self._tasks: dict[uuid.UUID, _Entry] = {}
         self._buckets: dict[RoutingKey, _Bucket] = {}
         self._deadlines: list[_DeadlineEntry] = []
         self._deadline_live = 0
@@ -149,8 +144,8 @@ class TaskQueueCore:
 
     def get(self, task_id: uuid.UUID) -> TaskRecord | None:
         """The pending record with this id, or None."""
-        pending = self._tasks.get(task_id)
-        return None if pending is None else pending.record
+        entry = self._tasks.get(task_id)
+        return None if entry is None else entry[2]
 
     def keys(self) -> frozenset[RoutingKey]:
         """The routing keys that have at least one pending task."""
@@ -160,17 +155,15 @@ class TaskQueueCore:
     def next_deadline(self) -> datetime | None:
         """The earliest deadline among pending tasks, or None when none has a deadline."""
         deadlines = self._deadlines
-        while deadlines and not self._is_live(deadlines[0][1], deadlines[0][2]):
+        while deadlines and not self._deadline_is_live(deadlines[0]):
             heapq.heappop(deadlines)
             self._dead_deadline -= 1
         return deadlines[0][0] if deadlines else None
 
     def snapshot(self) -> list[TaskRecord]:
         """Every pending task, in the order :meth:`take` would return them."""
-        ordered = sorted(
-            self._tasks.values(), key=lambda pending: (-pending.record.spec.priority, pending.seq)
-        )
-        return [pending.record for pending in ordered]
+        # (-priority, sequence) decides: sequences are unique, records are never compared.
+        return [entry[2] for entry in sorted(self._tasks.values())]
 
     def statistics(self) -> dict[str, int]:
         """Counters since construction: depth, capacity, pushed, taken, cancelled, expired,
@@ -228,11 +221,11 @@ class TaskQueueCore:
         tasks = self._tasks
         while merge and len(taken) < limit:
             _, _, bucket = merge[0]
-            _, _, task_id = heapq.heappop(bucket.heap)
-            pending = tasks.pop(task_id)
-            taken.append(pending.record)
+            record = heapq.heappop(bucket.heap)[2]  # live: _live_head checked it
+            del tasks[record.task_id]
+            taken.append(record)
             bucket.live -= 1
-            if pending.record.spec.deadline is not None:
+            if record.spec.deadline is not None:
                 self._deadline_live -= 1
                 self._dead_deadline += 1
             if bucket.live:
@@ -249,16 +242,17 @@ class TaskQueueCore:
 
     def cancel(self, task_id: uuid.UUID) -> TaskRecord | None:
         """Remove the pending task ``task_id`` and return it; None if it is not pending."""
-        pending = self._tasks.pop(task_id, None)
-        if pending is None:
+        entry = self._tasks.pop(task_id, None)
+        if entry is None:
             return None
-        self._forget_priority_entry(pending.bucket)
-        if pending.record.spec.deadline is not None:
+        record = entry[2]
+        self._forget_priority_entry(record)
+        if record.spec.deadline is not None:
             self._deadline_live -= 1
             self._dead_deadline += 1
         self._cancelled += 1
         self._maybe_compact()
-        return pending.record
+        return record
 
     def expire(self, now: datetime) -> list[TaskRecord]:
         """Remove and return the tasks whose deadline is at or before ``now`` (timezone-
@@ -269,14 +263,14 @@ class TaskQueueCore:
         expired: list[TaskRecord] = []
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
-            _, seq, task_id = heapq.heappop(deadlines)
-            if not self._is_live(seq, task_id):
+            entry = heapq.heappop(deadlines)
+            if not self._deadline_is_live(entry):
                 self._dead_deadline -= 1
                 continue
-            pending = self._tasks.pop(task_id)
+            record = self._tasks.pop(entry[2])[2]
             self._deadline_live -= 1
-            self._forget_priority_entry(pending.bucket)
-            expired.append(pending.record)
+            self._forget_priority_entry(record)
+            expired.append(record)
         self._expired += len(expired)
         self._maybe_compact()
         return expired
@@ -291,29 +285,36 @@ class TaskQueueCore:
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _Bucket(key)
-        heapq.heappush(bucket.heap, (-record.spec.priority, seq, task_id))
+        entry = (-record.spec.priority, seq, record)
+        heapq.heappush(bucket.heap, entry)
         bucket.live += 1
         deadline = record.spec.deadline
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, seq, task_id))
             self._deadline_live += 1
-        self._tasks[task_id] = _Pending(seq, bucket, record)
+        self._tasks[task_id] = entry
         self._pushed += 1
 
-    def _is_live(self, seq: int, task_id: uuid.UUID) -> bool:
-        pending = self._tasks.get(task_id)
-        return pending is not None and pending.seq == seq
+    def _is_live(self, entry: _Entry) -> bool:
+        """True when the priority-heap ``entry`` is its task's current one."""
+        return self._tasks.get(entry[2].task_id) is entry
+
+    def _deadline_is_live(self, entry: _DeadlineEntry) -> bool:
+        """True when the deadline-heap ``entry`` belongs to its task's current push."""
+        current = self._tasks.get(entry[2])
+        return current is not None and current[1] == entry[1]
 
     def _live_head(self, bucket: _Bucket) -> _Entry:
         """The first live entry of a bucket with ``live > 0``, popping tombstones above it."""
         heap = bucket.heap
-        while not self._is_live(heap[0][1], heap[0][2]):
+        while not self._is_live(heap[0]):
             heapq.heappop(heap)
             self._dead_priority -= 1
         return heap[0]
 
-    def _forget_priority_entry(self, bucket: _Bucket) -> None:
+    def _forget_priority_entry(self, record: TaskRecord) -> None:
         """Tombstone the bucket entry of a task that left other than by a pop of that heap."""
+        bucket = self._buckets[routing_key(record)]
         bucket.live -= 1
         if bucket.live:
             self._dead_priority += 1
@@ -328,12 +329,10 @@ class TaskQueueCore:
         # have accumulated, so it is amortised O(1) per removal and memory stays <= 2x live.
         if self._dead_priority > len(self._tasks):
             for bucket in self._buckets.values():
-                bucket.heap = [entry for entry in bucket.heap if self._is_live(entry[1], entry[2])]
+                bucket.heap = [entry for entry in bucket.heap if self._is_live(entry)]
                 heapq.heapify(bucket.heap)
             self._dead_priority = 0
         if self._dead_deadline > self._deadline_live:
-            self._deadlines = [
-                entry for entry in self._deadlines if self._is_live(entry[1], entry[2])
-            ]
+            self._deadlines = [entry for entry in self._deadlines if self._deadline_is_live(entry)]
             heapq.heapify(self._deadlines)
             self._dead_deadline = 0

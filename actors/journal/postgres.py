@@ -18,7 +18,9 @@ Nothing hangs on a slow or broken network: ``statement_timeout`` (our own parame
 seconds, default :data:`DEFAULT_STATEMENT_TIMEOUT`; 0 turns it off) bounds every statement
 on the server, lock waits included; TCP keepalives and ``tcp_user_timeout`` (libpq's,
 defaults below unless the URL sets them) find a dead peer. Such a failure is a
-``StoreUnavailable``, which the journal retries (see ``actors.journal.actor``).
+``StoreUnavailable``, which the journal retries (see ``actors.journal.actor``). A session
+idle inside a transaction for 10 s (a runner paused mid-transaction would otherwise keep
+its locked rows from the other runners' claims and rescues) is ended by the server.
 
 Sequences come from an identity column's sequence (``nextval``), so they are unique and
 increasing across every process, and never reused: a rolled-back batch or a duplicate
@@ -105,6 +107,7 @@ DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 """Seconds to wait for a connection (libpq ``connect_timeout``, and the pool's wait)."""
 DEFAULT_STATEMENT_TIMEOUT: Final = 30.0
 """Seconds a statement may run (or wait for a lock) before the server cancels it."""
+_IDLE_IN_TRANSACTION_MS: Final = 10_000  # a session idle this long inside a transaction ends
 _TCP_DEFAULTS: Final = {  # libpq: probe an idle connection after 10 s, drop after 3 misses
     "keepalives": "1",
     "keepalives_idle": "10",
@@ -559,10 +562,14 @@ class PostgresStore(TaskStore):
             kwargs["application_name"] = "arbiter"
         # (libpq ignores these on a Unix socket)
         kwargs.update({name: value for name, value in _TCP_DEFAULTS.items() if name not in params})
+        # A runner paused (SIGSTOP, a frozen VM) inside a transaction would keep the rows
+        # it locked from every other runner (their claims and rescues SKIP LOCKED rows):
+        # the server ends such a session after a while, and its transaction with it.
+        options = [f"-c idle_in_transaction_session_timeout={_IDLE_IN_TRANSACTION_MS}"]
         if self._target.statement_timeout:
-            option = f"-c statement_timeout={round(self._target.statement_timeout * 1000)}"
-            given = params.get("options")
-            kwargs["options"] = f"{given} {option}" if given else option
+            options.append(f"-c statement_timeout={round(self._target.statement_timeout * 1000)}")
+        given = params.get("options")
+        kwargs["options"] = " ".join([str(given), *options] if given else options)
         return kwargs
 
     def open(self) -> Self:

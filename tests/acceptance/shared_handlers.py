@@ -31,3 +31,11 @@ def record(task: TaskContext) -> None:
 def stamp(task: TaskContext) -> None:
     """Log ``<payload n> <wall-clock time>`` as soon as the task starts."""
     _append(f"{task.payload['n']} {time.time():.6f}\n")
+
+
+def slow_pid(task: TaskContext) -> int:
+    """Log ``start <pid> <task_id>``, take 1.5 s, log ``end <pid> <task_id>``; return the pid."""
+    _append(f"start {os.getpid()} {task.task_id}\n")
+    _pause.wait(1.5)
+    _append(f"end {os.getpid()} {task.task_id}\n")
+    return os.getpid()

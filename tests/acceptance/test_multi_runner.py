@@ -268,3 +268,60 @@ def test_status_lists_live_runners_and_hides_the_password(
     assert worker.wait(timeout=60) == 0, _errors(tmp_path)
     assert "hunter2" not in _errors(tmp_path)
     assert json.loads(status("--json").stdout)["runners"] == []
+
+
+def test_a_worker_paused_past_its_lease_has_its_late_result_refused_and_logged(
+    schema: tuple[str, str], workers: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """SIGSTOP a worker in the middle of a task, past its lease: another worker rescues
+    the task and completes it. Resumed (SIGCONT), the paused worker finishes its attempt,
+    and its COMPLETED write is fenced: refused, logged, and the other's result stays."""
+    name, url = schema
+    (task_id,) = _submit(url, [{"type": "slow"}])
+    log = tmp_path / "executed.log"
+    args = ["--handler", "slow=tests.acceptance.shared_handlers:slow_pid", "--lease", "1"]
+    paused = workers(url, *args, "--concurrency", "1")
+    _wait_until(lambda: f"start {paused.pid} {task_id}" in _lines(log), 60, "the first start")
+    paused.send_signal(signal.SIGSTOP)
+    try:
+        rescuer = workers(url, *args, "--concurrency", "1")
+        with open_store(url) as store:
+
+            def completed() -> bool:
+                record = store.get(task_id)
+                return record is not None and record.state is TaskState.COMPLETED
+
+            _wait_until(completed, 60, "the rescuer to complete the task")
+            done = store.get(task_id)
+        assert done is not None
+        assert done.result == rescuer.pid
+        # 2 if the paused worker's RUNNING was committed before the pause, else 1
+        assert done.attempt in (1, 2)
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    _wait_until(lambda: f"end {paused.pid} {task_id}" in _lines(log), 60, "the late end")
+    stderr = tmp_path / "worker0.err"
+
+    def fenced() -> list[dict[str, Any]]:
+        """The paused worker's refused COMPLETED writes of the task (its RUNNING write
+        may be refused too, when it was not committed before the pause)."""
+        events = [json.loads(line) for line in _lines(stderr) if line.startswith("{")]
+        return [
+            e
+            for e in events
+            if e.get("event") == "store.update_fenced"
+            and e["task_id"] == task_id
+            and e["state"] == "COMPLETED"
+        ]
+
+    _wait_until(lambda: bool(fenced()), 60, "the paused worker to log its refused result")
+    (refused,) = fenced()
+    assert refused["attempt"] == 1
+    assert refused["current_owner"] != refused["stale_owner"]
+    for process in (paused, rescuer):
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, _errors(tmp_path)
+    with open_store(url) as store:
+        final = store.get(task_id)
+    assert final is not None and final.result == rescuer.pid  # unchanged by the late write
+    assert name
