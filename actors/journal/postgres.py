@@ -972,10 +972,6 @@ class PostgresStore(TaskStore):
                 return []
 
         def work(cur: psycopg.Cursor[TupleRow]) -> list[TaskRecord]:
-            # Walk the tasks_claimable index in order, whatever the planner's statistics
-            # say: just after a bulk submit it has none, and would sort every claimable
-            # row (records included; megabytes, on disk) for each claim of a few hundred.
-            cur.execute(b"SET LOCAL enable_sort = off")
             if sets is None:
                 cur.execute(self._sql["claim_any"], (limit,))
             else:
@@ -997,7 +993,12 @@ class PostgresStore(TaskStore):
             applied, _ = self._update_all(cur, claimed, fence=False)
             return applied
 
-        claimed = self._transaction(work, "claiming tasks", durable=False)
+        # enable_sort off: walk the tasks_claimable index in order, whatever the planner's
+        # statistics say. Just after a bulk submit it has none, and would sort every
+        # claimable row (records included; megabytes, on disk) for each claim of a few.
+        claimed = self._transaction(
+            work, "claiming tasks", durable=False, settings=b"SET LOCAL enable_sort = off"
+        )
         self._count_shared(claimed=len(claimed))
         return claimed
 
@@ -1163,8 +1164,12 @@ class PostgresStore(TaskStore):
         action: str,
         *,
         durable: bool = True,
+        settings: bytes = b"",
     ) -> _T:
         """Run ``work(cursor)`` in one transaction (retried after a lost deadlock).
+
+        ``settings``: ``SET LOCAL`` statements for this transaction, sent in the same
+        round trip as the ``synchronous_commit`` one.
 
         ``durable=False``: the commit does not wait for the WAL flush (no fsync, ~3 ms
         less). For claims, leases and heartbeats only, whose loss in a database crash
@@ -1177,8 +1182,9 @@ class PostgresStore(TaskStore):
         while True:
             try:
                 with tries.connection(pool) as conn, conn.transaction(), conn.cursor() as cur:
-                    if not durable:
-                        cur.execute(b"SET LOCAL synchronous_commit = off")
+                    local = b"SET LOCAL synchronous_commit = off; " if not durable else b""
+                    if local or settings:  # (no parameters: several statements, one trip)
+                        cur.execute(local + settings)
                     return work(cur)
             except psycopg.Error as exc:
                 if not tries.again(exc):

@@ -23,9 +23,11 @@ def _append(line: str) -> None:
 
 
 def record(task: TaskContext) -> None:
-    """Take ~2 ms, then log ``<pid> <task_id>``: which process executed which task."""
+    """Take ~2 ms, then log ``<pid> <task_id> <start_ns> <end_ns>``: which process executed
+    which task, and when (CLOCK_MONOTONIC: one clock for every process of the machine)."""
+    start = time.monotonic_ns()
     _pause.wait(0.002)
-    _append(f"{os.getpid()} {task.task_id}\n")
+    _append(f"{os.getpid()} {task.task_id} {start} {time.monotonic_ns()}\n")
 
 
 def stamp(task: TaskContext) -> None:

@@ -186,6 +186,17 @@ def test_three_workers_drain_10000_tasks_and_a_sigkilled_one_loses_none(
     by_victim = {line.split()[1] for line in _lines(log) if line.startswith(f"{victim.pid} ")}
     assert duplicates <= by_victim  # ... and had started
     assert max(executions.values()) <= 2
+    # Never at the same time: the two executions of a task ran on two processes, the
+    # second one after the first had ended (the victim's, cut short by the kill, are not
+    # in the log; those it finished are).
+    spans: dict[str, list[tuple[int, int, str]]] = {}
+    for line in _lines(log):
+        pid, task_id, start, end = line.split()
+        spans.setdefault(task_id, []).append((int(start), int(end), pid))
+    for task_id in duplicates:
+        (_, first_end, first_pid), (second_start, _, second_pid) = sorted(spans[task_id])
+        assert first_pid == str(victim.pid) != second_pid
+        assert first_end <= second_start, f"task {task_id} ran twice at once"
     # Tasks whose RUNNING was committed before the kill were rescued with the attempt
     # counted. (One whose handler ran before its RUNNING was committed came back as never
     # started: the store could not know; it is among the duplicates all the same.)

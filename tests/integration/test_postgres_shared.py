@@ -21,7 +21,7 @@ from actors.journal import open_store
 from messages import StoreUnavailable, TaskRecord, TaskState
 from messages.task import TaskSpec
 from supervisor import RunnerConfig, TaskContext, TaskRunner
-from tests.conftest import wait_for
+from tests.conftest import WAIT_S, wait_for
 from tests.integration.test_journal_contract import make_record, postgres_schema, run_sql
 
 pytest.importorskip("psycopg")
@@ -186,9 +186,11 @@ def test_concurrent_claimers_never_get_the_same_task(
     ids = {r.task_id for r in a.insert([make_record(priority=i % 10) for i in range(600)])}
     got: dict[str, list[uuid.UUID]] = collections.defaultdict(list)
     errors: list[BaseException] = []
+    together = threading.Barrier(6)
 
     def claimer(store: PostgresStore, owner: str, batch: int) -> None:
         try:
+            together.wait(WAIT_S)  # a late thread would find the table drained
             while claimed := store.claim(owner, batch, LONG_LEASE):
                 got[owner].extend(r.task_id for r in claimed)
         except BaseException as exc:  # noqa: BLE001 - reported below
