@@ -34,6 +34,7 @@ __all__ = [
     "Outcomes",
     "PerfUpdate",
     "Persist",
+    "Pickup",
     "Refill",
     "RegisterAgent",
     "Released",
@@ -242,6 +243,14 @@ class Tick(Message):
 class Sync(Message):
     """Host -> journal: answered once every write sent to the journal before it is stored
     (a barrier: mailboxes are FIFO)."""
+
+
+class Pickup(Message):
+    """Host timer -> journal (a file store one runner executes, e.g. SQLite): look for
+    tasks other processes stored (``arbiter submit``, ``retry-dead``) and queue them.
+    ``full``: look at every QUEUED task, not only those stored since the last look."""
+
+    full: bool = False
 
 
 class InjectCrash(Message):

@@ -84,6 +84,7 @@ from messages.pipeline import (
     GetPerformance,
     InjectCrash,
     Persist,
+    Pickup,
     RegisterAgent,
     RequeueDeadLetters,
     RetryTask,
@@ -112,6 +113,9 @@ PIPELINE_ACTORS = (
 )
 """The pipeline actors, in start order (the agents' supervisor starts after them). In shared
 mode the ``claimer`` starts too, right after ``queue``."""
+
+_FULL_PICKUP_EVERY = 40
+"""Every 40th pickup looks at every QUEUED task (re-queued old ones), not only new ones."""
 
 _WAIT_POLL_S = (0.01, 0.2)
 """Shared mode: ``wait`` polls the store from every 10 ms, slowing down to every 200 ms."""
@@ -172,6 +176,11 @@ class RunnerConfig(BaseModel):
     fallback of LISTEN/NOTIFY)."""
     claim_batch: int = Field(default=256, ge=1)
     """Shared store: at most this many tasks per claim (one transaction)."""
+    pickup_interval_s: float = Field(default=0.25, gt=0)
+    """A SQLite file (a store other processes write to, one runner executes): how often
+    this runner looks for tasks they stored (``arbiter submit`` beside ``arbiter worker``);
+    every 40th look also finds old tasks they re-queued (``retry-dead``). Only when
+    ``recover`` is on: a runner that only submits picks up nothing."""
 
 
 def open_store_waiting(url: str, wait_s: float) -> TaskStore:
@@ -306,6 +315,8 @@ class TaskRunner:
         self._accepting = True
         if config.recover and not self._shared:
             self._recover()
+        if self._journal_state.local is not None:
+            self._arm_pickup(1)
         self._hub.publish("runner.started", None, runner_id=config.runner_id, store=store.url)
         _log.info(
             "runner.started", runner_id=config.runner_id, store=store.url, shared=self._shared
@@ -339,7 +350,10 @@ class TaskRunner:
         )
         self._wiring = wiring
         rng = random.Random(config.seed)
-        journal = JournalState(store)
+        journal = self._journal_state = JournalState(store)
+        if config.recover and store.external_writers and not store.shared:
+            journal.local = set()  # (before the recovery, which fills it)
+            journal.watermark = store.last_sequence()
         events_hub = self._hub
         performance = PerformanceState()
         health = HealthState(HealthCore(config.heartbeat_timeout_s))
@@ -420,12 +434,30 @@ class TaskRunner:
         with self._lock:
             return tuple(self._agent_slots.values())
 
+    def _arm_pickup(self, count: int) -> None:
+        """Tell the journal to look for other processes' tasks in pickup_interval_s, and
+        again after that, until the runner stops."""
+
+        def look() -> None:
+            if self._stopped:
+                return
+            try:
+                self._peers.get("journal").tell(Pickup.fast(full=count % _FULL_PICKUP_EVERY == 0))
+            except ActorStopped:
+                return  # stopping
+            self._arm_pickup(count + 1)
+
+        self._require_system().runtime.timers.call_later(self.config.pickup_interval_s, look)
+
     def _recover(self) -> None:
         """Put the store's unfinished tasks back in the pipeline (after a restart)."""
         store = self._require_store()
         records = store.recoverable()
         if not records:
             return
+        local = self._journal_state.local
+        if local is not None:  # pickup: these are this runner's now
+            local.update(record.task_id for record in records)
         now = self.clock.now()
         queued = [r for r in records if r.state is TaskState.QUEUED]
         waiting = [r for r in records if r.state is TaskState.RETRY_WAIT]

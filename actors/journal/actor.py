@@ -32,7 +32,15 @@ from actors.cell import Pending
 from actors.journal.store import TaskStore
 from actors.pipeline import Clock, EventHub, Peers, ResultWaiters
 from messages.errors import InvalidTransition, StoreUnavailable
-from messages.pipeline import Append, Enqueue, InjectCrash, Persist, RequeueDeadLetters, Sync
+from messages.pipeline import (
+    Append,
+    Enqueue,
+    InjectCrash,
+    Persist,
+    Pickup,
+    RequeueDeadLetters,
+    Sync,
+)
 from messages.task import TaskRecord, TaskState
 
 __all__ = ["JournalActor", "JournalState"]
@@ -52,6 +60,11 @@ class JournalState:
     fenced: int = 0
     outages: int = 0
     refused: int = 0
+    local: set[uuid.UUID] | None = None
+    """Pickup on: the unfinished tasks this runner has in its pipeline (anything else
+    QUEUED in the store was put there by another process)."""
+    watermark: int = 0  # pickup: the highest sequence looked at
+    picked_up: int = 0
     batch_sizes: list[int] = field(default_factory=list)
 
 
@@ -85,6 +98,8 @@ class JournalActor(Actor):
             return self._requeue_dead(message)
         if isinstance(message, Sync):
             return None
+        if isinstance(message, Pickup):
+            return self._pickup(message.full)
         if isinstance(message, InjectCrash):
             raise RuntimeError(message.reason)
         raise TypeError(f"journal got {type(message).__name__}")
@@ -97,6 +112,7 @@ class JournalActor(Actor):
             "mean_batch": round(sum(sizes) / len(sizes), 2) if sizes else 0.0,
             "fenced": self.state.fenced,
             "outages": self.state.outages,
+            "picked_up": self.state.picked_up,
             "refused": self.state.refused,
             "store": self.state.store.url,
         }
@@ -156,6 +172,8 @@ class JournalActor(Actor):
                 else:
                     item.reply(refused)
         if fresh:
+            if self.state.local is not None:
+                self.state.local.update(record.task_id for record in fresh)
             if self.hub.active:
                 for record in fresh:
                     self.hub.publish("task.submitted", record.task_id, type=record.spec.type)
@@ -168,6 +186,8 @@ class JournalActor(Actor):
                 if fenced and record.task_id in fenced:
                     continue  # not stored: another runner owns the task now
                 self.waiters.resolve(record)
+                if self.state.local is not None:
+                    self.state.local.discard(record.task_id)
                 if self.on_terminal is not None:
                     self.on_terminal(record)
         for item in others:
@@ -257,6 +277,36 @@ class JournalActor(Actor):
                 return True
             time.sleep(min(left, _KEEPALIVE_S))
 
+    def _pickup(self, full: bool) -> int:
+        """Queue the QUEUED tasks of the store this runner does not have: stored by other
+        processes since the last look (or, ``full``, at any time: a ``retry-dead``
+        re-queues old tasks). Runs on the journal's thread, between writes, so a task of
+        this runner cannot finish between the look and the check. Returns how many."""
+        local = self.state.local
+        if local is None:
+            return 0
+        store = self.state.store
+        after = 0 if full else self.state.watermark
+        found: list[TaskRecord] = []
+        while True:
+            page = store.list_tasks(
+                None if not full else TaskState.QUEUED, 1000, after_sequence=after
+            )
+            if not page:
+                break
+            after = page[-1].sequence
+            found += [r for r in page if r.state is TaskState.QUEUED and r.task_id not in local]
+        if not full:
+            self.state.watermark = max(self.state.watermark, after)
+        if found:
+            local.update(record.task_id for record in found)
+            self.state.picked_up += len(found)
+            self.peers.get("queue").tell(
+                Enqueue.fast(records=tuple(found), admitted=False, redelivered=False)
+            )
+            self.context.log.info("journal.picked_up", tasks=len(found), full=full)
+        return len(found)
+
     def _requeue_dead(self, message: RequeueDeadLetters) -> tuple[TaskRecord, ...]:
         store = self.state.store
         if message.all:
@@ -286,6 +336,8 @@ class JournalActor(Actor):
         if requeued:
             store.apply((), requeued)
             self.state.commits += 1
+            if self.state.local is not None:
+                self.state.local.update(record.task_id for record in requeued)
             if not store.shared:
                 self.peers.get("queue").tell(
                     Enqueue.fast(records=tuple(requeued), admitted=False, redelivered=False)

@@ -459,6 +459,18 @@ class SqliteStore(TaskStore):
         with self._lock:
             return dict(self._stats)
 
+    @property
+    def external_writers(self) -> bool:
+        """A file: other processes may add tasks (see TaskStore.external_writers)."""
+        return True
+
+    def last_sequence(self) -> int:
+        """The highest sequence given so far (0 for an empty store)."""
+        ((next_sequence,),) = self._query(
+            "SELECT value FROM counters WHERE name = 'next_sequence'", ()
+        )
+        return int(next_sequence) - 1
+
     def pragmas(self) -> dict[str, object]:
         """The connection's effective settings: journal_mode, synchronous, busy_timeout."""
         found: dict[str, object] = {}

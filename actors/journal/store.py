@@ -176,6 +176,19 @@ class TaskStore(ABC):
         What a restarted runtime reloads: so the QUEUED ones come back in queue order.
         """
 
+    @property
+    def external_writers(self) -> bool:
+        """True for a store that other processes may add tasks to while one runner runs
+        them (a SQLite file: ``arbiter submit`` beside ``arbiter worker``); that runner
+        then looks for such tasks (see ``RunnerConfig.pickup_interval_s``). False for
+        ``memory://`` (one process) and for a shared store (claims do it instead)."""
+        return False
+
+    def last_sequence(self) -> int:
+        """The highest sequence given so far (0 for an empty store). Only stores with
+        ``external_writers`` need it."""
+        raise NotImplementedError(f"{type(self).__name__} does not track its last sequence")
+
     def dead_letters(self, limit: int = DEFAULT_LIST_LIMIT) -> list[TaskRecord]:
         """Dead-lettered tasks, oldest first (``list_tasks(DEAD_LETTERED, limit)``)."""
         return self.list_tasks(TaskState.DEAD_LETTERED, limit)

@@ -164,6 +164,36 @@ def test_submitted_tasks_stay_queued_until_a_worker_drains_them(tmp_path: Path) 
     assert sorted((tmp_path / "executed.log").read_text().split()) == sorted(ids)
 
 
+def test_a_running_worker_runs_what_is_submitted_meanwhile(tmp_path: Path) -> None:
+    """`arbiter submit` beside a running `arbiter worker` on one SQLite file: the worker
+    picks the new tasks up (and a dead letter re-queued by `retry-dead`)."""
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    err_path = tmp_path / "worker.err"
+    with err_path.open("w") as err:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.cli", "--log-format", "json", "worker",
+             "--store", url, "--handler", f"work={APPEND}", "--json"],
+            cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=err, text=True,
+        )  # fmt: skip
+        try:
+            _wait_until(lambda: "worker.started" in err_path.read_text())
+            ids = {
+                run_cli("submit", "--store", url, "--type", "work", "--payload", str(n),
+                        cwd=tmp_path).stdout.strip()
+                for n in range(3)
+            }  # fmt: skip
+            _wait_until(lambda: _states(url) == dict.fromkeys(ids, TaskState.COMPLETED))
+            worker.send_signal(signal.SIGTERM)
+            out, _ = worker.communicate(timeout=60)
+        finally:
+            worker.kill()
+    assert worker.returncode == 0, err_path.read_text()
+    assert json.loads(out)["completed"] == 3
+    assert sorted((tmp_path / "executed.log").read_text().split()) == sorted(ids)
+    picked = [e for e in _events(err_path.read_text()) if e["event"] == "journal.picked_up"]
+    assert sum(e["tasks"] for e in picked) == 3
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_worker_stops_gracefully_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
     url = f"sqlite:///{tmp_path / 't.db'}"
