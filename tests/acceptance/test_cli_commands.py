@@ -16,7 +16,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -164,9 +165,12 @@ def test_submitted_tasks_stay_queued_until_a_worker_drains_them(tmp_path: Path) 
     assert sorted((tmp_path / "executed.log").read_text().split()) == sorted(ids)
 
 
-def test_a_running_worker_runs_what_is_submitted_meanwhile(tmp_path: Path) -> None:
-    """`arbiter submit` beside a running `arbiter worker` on one SQLite file: the worker
-    picks the new tasks up (and a dead letter re-queued by `retry-dead`)."""
+@contextmanager
+def _running_worker(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
+    """An `arbiter worker` of `work` tasks on a fresh SQLite file, started (it logged
+    ``worker.started``) and running until a signal: ``(url, process, stderr path)``.
+    JSON logs go to the stderr file, the summary (``--json``) to its stdout. Killed at
+    the end if still running."""
     url = f"sqlite:///{tmp_path / 't.db'}"
     err_path = tmp_path / "worker.err"
     with err_path.open("w") as err:
@@ -177,16 +181,23 @@ def test_a_running_worker_runs_what_is_submitted_meanwhile(tmp_path: Path) -> No
         )  # fmt: skip
         try:
             _wait_until(lambda: "worker.started" in err_path.read_text())
-            ids = {
-                run_cli("submit", "--store", url, "--type", "work", "--payload", str(n),
-                        cwd=tmp_path).stdout.strip()
-                for n in range(3)
-            }  # fmt: skip
-            _wait_until(lambda: _states(url) == dict.fromkeys(ids, TaskState.COMPLETED))
-            worker.send_signal(signal.SIGTERM)
-            out, _ = worker.communicate(timeout=60)
+            yield url, worker, err_path
         finally:
             worker.kill()
+
+
+def test_a_running_worker_runs_what_is_submitted_meanwhile(tmp_path: Path) -> None:
+    """`arbiter submit` beside a running `arbiter worker` on one SQLite file: the worker
+    picks the new tasks up."""
+    with _running_worker(tmp_path) as (url, worker, err_path):
+        ids = {
+            run_cli("submit", "--store", url, "--type", "work", "--payload", str(n),
+                    cwd=tmp_path).stdout.strip()
+            for n in range(3)
+        }  # fmt: skip
+        _wait_until(lambda: _states(url) == dict.fromkeys(ids, TaskState.COMPLETED))
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=60)
     assert worker.returncode == 0, err_path.read_text()
     assert json.loads(out)["completed"] == 3
     assert sorted((tmp_path / "executed.log").read_text().split()) == sorted(ids)
@@ -196,20 +207,9 @@ def test_a_running_worker_runs_what_is_submitted_meanwhile(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_worker_stops_gracefully_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
-    url = f"sqlite:///{tmp_path / 't.db'}"
-    err_path = tmp_path / "worker.err"
-    with err_path.open("w") as err:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "--log-format", "json", "worker",
-             "--store", url, "--handler", f"work={APPEND}", "--json"],
-            cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=err, text=True,
-        )  # fmt: skip
-        try:
-            _wait_until(lambda: "worker.started" in err_path.read_text())
-            worker.send_signal(sig)
-            out, _ = worker.communicate(timeout=60)
-        finally:
-            worker.kill()
+    with _running_worker(tmp_path) as (_, worker, err_path):
+        worker.send_signal(sig)
+        out, _ = worker.communicate(timeout=60)
     assert worker.returncode == 0, err_path.read_text()
     assert json.loads(out)["reason"] == "signal"
     events = _events(err_path.read_text())
