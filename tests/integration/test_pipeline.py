@@ -566,3 +566,23 @@ def test_prefetch_takes_tasks_ahead_of_free_slots(make_runner: Callable[..., Tas
     early.result(WAIT_S)
     late.result(WAIT_S)
     assert gate.started == ["blocker", "early", "late"]
+
+
+def test_start_freezes_what_is_alive_for_the_garbage_collector_unless_told_not_to() -> None:
+    """``gc_freeze`` (default on): the objects alive at start leave the collector's
+    generations, so its full collections (the latency tail) scan only newer ones."""
+    import gc
+
+    def watched(marker: object) -> bool:
+        """Is ``marker`` in the collector's generations (not frozen)?"""
+        return any(o is marker for o in gc.get_objects())
+
+    alive: list[object] = [[]]  # a container made before the start: tracked by the GC
+    with TaskRunner.start(RunnerConfig(gc_freeze=False)) as runner:
+        assert watched(alive)
+        runner.stop(drain=False)
+    with TaskRunner.start(RunnerConfig()) as runner:
+        assert not watched(alive)  # frozen with everything else alive at start
+        later: list[object] = [[]]
+        assert watched(later)  # what comes after is collected as usual
+        runner.stop(drain=False)
