@@ -19,6 +19,7 @@ import functools
 import inspect
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -82,7 +83,7 @@ class _Run:
     started: float  # monotonic
     context: TaskContext
     future: Future[Any] | None = None
-    timer: int | None = None
+    deadline: float | None = None  # timer-service monotonic time the attempt times out at
 
 
 @dataclass
@@ -101,11 +102,15 @@ class AgentState:
     cancelled: int = 0
     zombies: int = 0
     requeued: int = 0
+    # One timer per agent watches every attempt's timeout (not one per attempt): it is
+    # armed for the earliest deadline and, when it fires, times out what is past due.
+    timeout_timer: int | None = None
+    timeout_due: float | None = None
+    is_async: bool = field(init=False)
+    """True for a coroutine-function handler (run on the agent's event loop)."""
 
-    @property
-    def is_async(self) -> bool:
-        """True for a coroutine-function handler (run on the agent's event loop)."""
-        return inspect.iscoroutinefunction(self.handler)
+    def __post_init__(self) -> None:
+        self.is_async = inspect.iscoroutinefunction(self.handler)
 
     def start_workers(self) -> None:
         """Create the pool or the loop thread (once; they outlive restarts)."""
@@ -245,10 +250,9 @@ class AgentExecutor(Actor):
                 )
             run.future = self._launch(context, ref)
             if spec.timeout_s is not None:
-                check = TimeoutCheck.fast(task_id=running.task_id, attempt=running.attempt)
-                run.timer = self.wiring.timers.call_later(
-                    spec.timeout_s, functools.partial(ref.tell, check)
-                )
+                run.deadline = time.monotonic() + spec.timeout_s
+                if state.timeout_due is None or run.deadline < state.timeout_due:
+                    self._arm_timeout(run.deadline)
 
     def _launch(self, context: TaskContext, ref: ActorRef) -> Future[Any] | None:
         state = self.state
@@ -273,8 +277,6 @@ class AgentExecutor(Actor):
             state.zombies += 1  # timed out, cancelled or requeued while it ran
             return
         del state.running[message.task_id]
-        if run.timer is not None:
-            self.wiring.timers.cancel(run.timer)
         clock = self.wiring.clock
         now = clock.now()
         record = run.record
@@ -327,12 +329,41 @@ class AgentExecutor(Actor):
             )
         )
 
-    def _timed_out(self, message: TimeoutCheck, out: _Out) -> None:
+    def _arm_timeout(self, due: float) -> None:
+        """Arm the agent's timeout timer for ``due`` (replacing a later one)."""
         state = self.state
-        run = state.running.get(message.task_id)
-        if run is None or run.record.attempt != message.attempt:
-            return  # it finished in time
-        del state.running[message.task_id]
+        timers = self.wiring.timers
+        if state.timeout_timer is not None:
+            timers.cancel(state.timeout_timer)
+        state.timeout_due = due
+        check = TimeoutCheck.fast(due=due)
+        state.timeout_timer = timers.call_later(
+            due - time.monotonic(), functools.partial(self.context.self_ref.tell, check)
+        )
+
+    def _timed_out(self, message: TimeoutCheck, out: _Out) -> None:
+        """The timeout timer fired: time out every attempt past its deadline, re-arm for
+        the earliest of the others."""
+        state = self.state
+        if message.due != state.timeout_due:
+            return  # replaced by a timer for an earlier deadline (or already swept)
+        state.timeout_timer = state.timeout_due = None
+        now = time.monotonic()
+        next_due: float | None = None
+        for run in list(state.running.values()):
+            deadline = run.deadline
+            if deadline is None:
+                continue
+            if deadline <= now:
+                self._time_out(run, out)
+            elif next_due is None or deadline < next_due:
+                next_due = deadline
+        if next_due is not None:
+            self._arm_timeout(next_due)
+
+    def _time_out(self, run: _Run, out: _Out) -> None:
+        state = self.state
+        del state.running[run.record.task_id]
         self._stop_attempt(run)
         now = self.wiring.clock.now()
         record = run.record
@@ -369,8 +400,6 @@ class AgentExecutor(Actor):
             self.state.pool.replace_stuck()
         if run.future is not None:
             run.future.cancel()  # stops an async handler; a sync one sees is_cancelled()
-        if run.timer is not None:
-            self.wiring.timers.cancel(run.timer)
 
     def _abandon_all(self, why: str, error_type: str, out: _Out) -> None:
         """Give every running attempt back (attempt counted), e.g. after a crash."""

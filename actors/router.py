@@ -107,7 +107,7 @@ class RouterActor(Actor):
                 tasks.discard(task_id)
             state.core.record_outcome(task_type, message.agent_id, success, latency_ms)
         if view is not None and tasks is not None:
-            state.views[message.agent_id] = view.model_copy(update={"load": len(tasks)})
+            state.views[message.agent_id] = view.evolve(load=len(tasks))
         self._route_backlog()
         self._send_demand()
 
@@ -154,7 +154,7 @@ class RouterActor(Actor):
             tasks = state.inflight.setdefault(agent_id, set())
             tasks.add(record.task_id)
             view = views[agent_id]
-            updated = view.model_copy(update={"load": len(tasks)})
+            updated = view.evolve(load=len(tasks))
             views[agent_id] = updated
             view_list[view_list.index(view)] = updated
             assigned.setdefault(agent_id, []).append(
@@ -198,7 +198,7 @@ class RouterActor(Actor):
         state = self.state
         if not state.backlog:
             return
-        views = [view.model_copy(update={"load": 0}) for view in state.views.values()]
+        views = [view.evolve(load=0) for view in state.views.values()]
         keep: deque[tuple[TaskRecord, float]] = deque()
         back: list[TaskRecord] = []
         for record, ready_at in state.backlog:

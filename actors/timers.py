@@ -34,9 +34,11 @@ class TimerService:
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> int:
         """Run ``callback`` after ``delay_s`` seconds; returns a handle for :meth:`cancel`."""
         handle = next(self._counter)
+        entry = (time.monotonic() + max(0.0, delay_s), handle, callback)
         with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + max(0.0, delay_s), handle, callback))
-            self._cond.notify()
+            heapq.heappush(self._heap, entry)
+            if self._heap[0] is entry:  # due before everything else: the thread must know
+                self._cond.notify()
         return handle
 
     def cancel(self, handle: int) -> None:

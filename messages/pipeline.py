@@ -127,10 +127,10 @@ class Finished(Message):
 
 
 class TimeoutCheck(Message):
-    """Timer -> agent executor: attempt ``attempt`` of a task has run out of time."""
+    """Timer -> agent executor: the earliest deadline among its running attempts, ``due``
+    (timer-service monotonic seconds), has come; time out what is past due."""
 
-    task_id: uuid.UUID
-    attempt: int
+    due: float
 
 
 class Released(Message):

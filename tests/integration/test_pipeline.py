@@ -371,6 +371,35 @@ def test_a_slow_attempt_times_out_and_is_retried(make_runner: Callable[..., Task
     assert "TaskTimeout" in (record.history[0].error or "")
 
 
+def test_a_short_timeout_started_after_a_long_one_still_fires_on_time(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    # The agent watches all its attempts with one timer, armed for the earliest deadline:
+    # a later attempt with a nearer deadline must re-arm it, and the long one live on.
+    release_long = threading.Event()
+    long_started = threading.Event()
+
+    def handler(task: TaskContext) -> str:
+        if task.payload["kind"] == "long":
+            long_started.set()
+            release_long.wait(WAIT_S)
+            return "long"
+        wait_for(task.is_cancelled)  # only a timeout ends it
+        return "short"
+
+    runner = make_runner(max_attempts=1)
+    runner.register_agent(agent(concurrency=2), handler)
+    long = runner.submit(type="code", payload={"kind": "long"}, timeout_s=WAIT_S * 2)
+    assert long_started.wait(WAIT_S)
+    short = runner.submit(type="code", payload={"kind": "short"}, timeout_s=0.05)
+    with pytest.raises(TaskFailedError, match="TaskTimeout"):
+        short.result(WAIT_S)
+    assert long.state() is TaskState.RUNNING  # its own deadline is far away
+    release_long.set()
+    assert long.result(WAIT_S) == "long"
+    assert [a.outcome for a in short.record().history] == ["timed_out"]
+
+
 def test_result_wait_has_a_timeout(make_runner: Callable[..., TaskRunner]) -> None:
     runner = make_runner()  # no agent: the task waits
     handle = runner.submit(type="code")
