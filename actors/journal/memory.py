@@ -18,6 +18,8 @@ from actors.journal.store import (
     StoreStatistics,
     TaskStore,
     check_limit,
+    count_commit,
+    new_statistics,
     parse_task_id,
 )
 from messages import InvalidMessage, StoreError, TaskRecord, TaskState, UnknownTask
@@ -43,14 +45,7 @@ class MemoryStore(TaskStore):
         self._keys: dict[str, uuid.UUID] = {}
         self._counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self._next_sequence = 1
-        self._stats: StoreStatistics = {
-            "commits": 0,
-            "rollbacks": 0,
-            "records_inserted": 0,
-            "duplicates": 0,
-            "records_updated": 0,
-            "records_written": 0,
-        }
+        self._stats: StoreStatistics = new_statistics()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -93,11 +88,7 @@ class MemoryStore(TaskStore):
                 batch.undo()
                 self._stats["rollbacks"] += 1
                 raise
-            self._stats["commits"] += 1
-            self._stats["records_inserted"] += batch.inserted
-            self._stats["duplicates"] += batch.duplicates
-            self._stats["records_updated"] += batch.updated
-            self._stats["records_written"] += batch.inserted + batch.updated
+            count_commit(self._stats, batch.inserted, batch.duplicates, batch.updated)
             return stored
 
     # -- reads ---------------------------------------------------------------------------

@@ -67,14 +67,16 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
 from psycopg_pool.base import AttemptWithBackoff
-from pydantic import ValidationError
 
+from actors.journal._codec import decode_counts, decode_record, decode_version
 from actors.journal.store import (
     DEFAULT_LIST_LIMIT,
     SCHEMA_VERSION,
     StoreStatistics,
     TaskStore,
     check_limit,
+    count_commit,
+    new_statistics,
     parse_task_id,
     redact_url,
 )
@@ -84,7 +86,6 @@ from messages import (
     StoreCorrupt,
     StoreError,
     StoreUnavailable,
-    StoreVersionError,
     TaskRecord,
     TaskState,
     UnknownTask,
@@ -524,6 +525,8 @@ class PostgresStore(TaskStore):
             )
         self._url = url
         self._target = _parse_url(url, schema, connect_timeout)
+        # Names the store in messages; made once, as reads decode with it row by row.
+        self._where = f"postgres store {redact_url(url)}"
         self._min_size = min_size
         self._max_size = max_size
         self._lock = threading.RLock()
@@ -537,14 +540,7 @@ class PostgresStore(TaskStore):
             .as_bytes()
             for name, template in _TEMPLATES.items()
         }
-        self._stats: StoreStatistics = {
-            "commits": 0,
-            "rollbacks": 0,
-            "records_inserted": 0,
-            "duplicates": 0,
-            "records_updated": 0,
-            "records_written": 0,
-        }
+        self._stats: StoreStatistics = new_statistics()
         self._shared_stats: dict[str, int] = {
             "claimed": 0,
             "renewed": 0,
@@ -652,7 +648,7 @@ class PostgresStore(TaskStore):
 
     def _read_version(self, conn: psycopg.Connection[TupleRow]) -> int:
         """The schema's version: 0 when it holds no store yet; refuse newer and foreign."""
-        where = f"postgres store {self.url} (schema {self._target.schema!r})"
+        where = f"{self._where} (schema {self._target.schema!r})"
         tables = {
             name
             for (name,) in conn.execute(
@@ -674,15 +670,7 @@ class PostgresStore(TaskStore):
                 sql.Identifier(self._target.schema)
             )
         ).fetchall()
-        if len(rows) != 1 or not isinstance(rows[0][0], int):
-            raise StoreCorrupt(f"{where}: schema_version table is malformed: {rows!r}")
-        version: int = rows[0][0]
-        if version > SCHEMA_VERSION:
-            raise StoreVersionError(
-                f"{where} has schema version {version}, newer than this Arbiter "
-                f"knows ({SCHEMA_VERSION}); upgrade Arbiter to open it"
-            )
-        return version
+        return decode_version(rows, where)
 
     def close(self) -> None:
         """Close the pool and its connections. Idempotent."""
@@ -744,13 +732,8 @@ class PostgresStore(TaskStore):
             except BaseException:
                 self._count(rollbacks=1)
                 raise
-            self._count(
-                commits=1,
-                records_inserted=inserted,
-                duplicates=len(inserts) - inserted,
-                records_updated=len(applied),
-                records_written=inserted + len(applied),
-            )
+            with self._lock:
+                count_commit(self._stats, inserted, len(inserts) - inserted, len(applied))
             if fenced:
                 self._fenced(fenced)
             return stored, frozenset(record.task_id for record, _ in fenced)
@@ -991,7 +974,7 @@ class PostgresStore(TaskStore):
             expires = now + timedelta(seconds=lease_s)
             claimed = []
             for data, _ in rows:
-                record = self._decode(data)
+                record = decode_record(data, self._where)  # no lease column: it gets a new one
                 if record.state is TaskState.RETRY_WAIT:  # its backoff is over
                     record = record.moved(TaskState.QUEUED, at=now, next_attempt_at=None)
                 claimed.append(record.evolve(owner=owner, lease_expires_at=expires))
@@ -1067,7 +1050,7 @@ class PostgresStore(TaskStore):
         freed = []
         owners: Counter[str] = Counter()
         for data, owner, now in rows:
-            record = self._decode(data)
+            record = decode_record(data, self._where)  # no lease column: freed tasks get none
             owners[str(owner)] += 1
             freed.append(_freed(record, now.astimezone(UTC), f"{reason}: runner {owner} {why}"))
         applied, _ = self._update_all(cur, freed, fence=False)
@@ -1231,13 +1214,7 @@ class PostgresStore(TaskStore):
 
     def counts(self) -> dict[TaskState, int]:
         """How many tasks are in each state."""
-        found = dict.fromkeys(TaskState, 0)
-        for state, count in self._query("counts", ()):
-            try:
-                found[TaskState(state)] = count
-            except ValueError:
-                raise StoreCorrupt(f"postgres store {self.url}: unknown state {state!r}") from None
-        return found
+        return decode_counts(self._query("counts", ()), f"{self._where}: unknown state")
 
     def recoverable(self) -> list[TaskRecord]:
         """Every non-terminal task, by (priority desc, sequence asc)."""
@@ -1261,16 +1238,11 @@ class PostgresStore(TaskStore):
     def _many(self, name: str, params: Sequence[object]) -> list[TaskRecord]:
         return [self._decode(data, lease) for data, lease in self._query(name, params)]
 
-    def _decode(self, data: object, lease: datetime | None = None) -> TaskRecord:
-        """The record of a row: its JSON, with the lease from the ``lease_expires_at``
-        column (authoritative: ``renew`` moves only the column). ``lease`` is None for a
-        row read without it (about to get a new lease or none)."""
-        try:
-            record = TaskRecord.model_validate_json(data if isinstance(data, str | bytes) else "")
-        except ValidationError as exc:
-            raise StoreCorrupt(
-                f"postgres store {self.url}: a stored task record is invalid: {exc}"
-            ) from exc
+    def _decode(self, data: object, lease: datetime | None) -> TaskRecord:
+        """The record of a row read with its ``lease_expires_at`` column: its JSON, with
+        the lease from the column (authoritative: ``renew`` moves only the column). A row
+        read without it (about to get a new lease or none) is ``decode_record``'s alone."""
+        record = decode_record(data, self._where)
         if lease is not None and record.lease_expires_at != lease:
             record = record.evolve(lease_expires_at=lease.astimezone(UTC))
         return record

@@ -22,8 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final, Self
 
-from pydantic import ValidationError
-
+from actors.journal._codec import decode_counts, decode_record, decode_version
 from actors.journal.store import (
     DEFAULT_LIST_LIMIT,
     SCHEMA_VERSION,
@@ -31,6 +30,8 @@ from actors.journal.store import (
     StoreStatistics,
     TaskStore,
     check_limit,
+    count_commit,
+    new_statistics,
     parse_task_id,
 )
 from messages import (
@@ -38,7 +39,6 @@ from messages import (
     StoreCorrupt,
     StoreError,
     StoreUnavailable,
-    StoreVersionError,
     TaskRecord,
     TaskState,
     UnknownTask,
@@ -157,14 +157,7 @@ class SqliteStore(TaskStore):
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._version = 0
-        self._stats: StoreStatistics = {
-            "commits": 0,
-            "rollbacks": 0,
-            "records_inserted": 0,
-            "duplicates": 0,
-            "records_updated": 0,
-            "records_written": 0,
-        }
+        self._stats: StoreStatistics = new_statistics()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -223,15 +216,7 @@ class SqliteStore(TaskStore):
                 )
             return 0
         rows = conn.execute("SELECT version FROM schema_version").fetchall()
-        if len(rows) != 1 or not isinstance(rows[0][0], int):
-            raise StoreCorrupt(f"{self._path}: schema_version table is malformed: {rows!r}")
-        version: int = rows[0][0]
-        if version > SCHEMA_VERSION:
-            raise StoreVersionError(
-                f"{self._path} has schema version {version}, newer than this Arbiter "
-                f"knows ({SCHEMA_VERSION}); upgrade Arbiter to open it"
-            )
-        return version
+        return decode_version(rows, self._path)
 
     def _migrate(self, conn: sqlite3.Connection) -> int:
         conn.execute("BEGIN IMMEDIATE")
@@ -294,11 +279,7 @@ class SqliteStore(TaskStore):
                 if isinstance(exc, sqlite3.Error):
                     raise self._translate(exc, "writing") from exc
                 raise
-            self._stats["commits"] += 1
-            self._stats["records_inserted"] += inserted
-            self._stats["duplicates"] += len(inserts) - inserted
-            self._stats["records_updated"] += len(updates)
-            self._stats["records_written"] += inserted + len(updates)
+            count_commit(self._stats, inserted, len(inserts) - inserted, len(updates))
             return stored
 
     def _insert_all(
@@ -340,7 +321,7 @@ class SqliteStore(TaskStore):
                 f"{self._path}: the sequence counter is behind the stored tasks "
                 f"(insert of task {record.task_id} conflicted on its sequence)"
             )
-        return self._decode(row[0])
+        return decode_record(row[0], self._path)
 
     def _update_one(self, conn: sqlite3.Connection, record: TaskRecord) -> None:
         try:
@@ -397,13 +378,7 @@ class SqliteStore(TaskStore):
     def counts(self) -> dict[TaskState, int]:
         """How many tasks are in each state."""
         rows = self._query("SELECT state, COUNT(*) FROM tasks GROUP BY state", ())
-        found = dict.fromkeys(TaskState, 0)
-        for state, count in rows:
-            try:
-                found[TaskState(state)] = count
-            except ValueError:
-                raise StoreCorrupt(f"{self._path}: unknown task state {state!r}") from None
-        return found
+        return decode_counts(rows, f"{self._path}: unknown task state")
 
     def recoverable(self) -> list[TaskRecord]:
         """Every non-terminal task, by (priority desc, sequence asc)."""
@@ -419,16 +394,10 @@ class SqliteStore(TaskStore):
 
     def _one(self, sql: str, params: Sequence[object]) -> TaskRecord | None:
         rows = self._query(sql, params)
-        return self._decode(rows[0][0]) if rows else None
+        return decode_record(rows[0][0], self._path) if rows else None
 
     def _many(self, sql: str, params: Sequence[object]) -> list[TaskRecord]:
-        return [self._decode(row[0]) for row in self._query(sql, params)]
-
-    def _decode(self, data: object) -> TaskRecord:
-        try:
-            return TaskRecord.model_validate_json(data if isinstance(data, str | bytes) else "")
-        except ValidationError as exc:
-            raise StoreCorrupt(f"{self._path}: a stored task record is invalid: {exc}") from exc
+        return [decode_record(row[0], self._path) for row in self._query(sql, params)]
 
     # -- introspection -------------------------------------------------------------------
 

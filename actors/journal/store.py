@@ -317,6 +317,27 @@ def check_limit(limit: int, after_sequence: int) -> None:
         raise ValueError(f"after_sequence must be >= 0, got {after_sequence}")
 
 
+def new_statistics() -> StoreStatistics:
+    """Fresh counters for a store: every name of :data:`StoreStatistics`, at zero."""
+    return {
+        "commits": 0,
+        "rollbacks": 0,
+        "records_inserted": 0,
+        "duplicates": 0,
+        "records_updated": 0,
+        "records_written": 0,
+    }
+
+
+def count_commit(stats: StoreStatistics, inserted: int, duplicates: int, updated: int) -> None:
+    """Count one committed batch in ``stats`` (the caller holds the lock guarding them)."""
+    stats["commits"] += 1
+    stats["records_inserted"] += inserted
+    stats["duplicates"] += duplicates
+    stats["records_updated"] += updated
+    stats["records_written"] += inserted + updated
+
+
 def parse_task_id(task_id: uuid.UUID | str) -> uuid.UUID | None:
     """``task_id`` as a UUID; None for a string that is not one (so no task has it)."""
     if isinstance(task_id, uuid.UUID):
