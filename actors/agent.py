@@ -36,6 +36,7 @@ from messages.pipeline import (
     AgentOutcome,
     Assign,
     CancelTask,
+    Enqueue,
     Finished,
     InjectCrash,
     Outcomes,
@@ -93,6 +94,14 @@ class AgentState:
     spec: AgentSpec
     handler: Callable[[TaskContext], Any]
     running: dict[uuid.UUID, _Run] = field(default_factory=dict)
+    waiting: dict[uuid.UUID, TaskRecord] = field(default_factory=dict)
+    """ASSIGNED tasks held beyond max_concurrency (the router's prefetch), oldest first:
+    each starts the moment a slot frees, without a round trip through router and queue."""
+    unreleased: list[tuple[uuid.UUID, str, bool, float]] = field(default_factory=list)
+    unreported: list[AgentOutcome] = field(default_factory=list)
+    """Slots freed (and outcomes) not yet told to the router (and performance tracker):
+    while the waiting line holds more than was freed, a refill is not urgent, so they go
+    out together, in one message instead of one per batch."""
     pool: _Workers | None = None
     loop: asyncio.AbstractEventLoop | None = None
     loop_thread: threading.Thread | None = None
@@ -140,6 +149,7 @@ class _Out:
     persist: list[TaskRecord] = field(default_factory=list)
     retry: list[tuple[TaskRecord, bool, str]] = field(default_factory=list)
     requeue: list[tuple[TaskRecord, str]] = field(default_factory=list)
+    unstarted: list[TaskRecord] = field(default_factory=list)  # back to the queue, QUEUED
     released: list[tuple[uuid.UUID, str, bool, float]] = field(default_factory=list)
     outcomes: list[AgentOutcome] = field(default_factory=list)
 
@@ -155,8 +165,8 @@ class AgentExecutor(Actor):
     # -- lifecycle ------------------------------------------------------------------------
     def on_start(self) -> None:
         self.state.start_workers()
-        if self.state.running:
-            # The previous incarnation crashed with attempts in flight.
+        if self.state.running or self.state.waiting:
+            # The previous incarnation crashed with attempts in flight (or tasks waiting).
             out = _Out()
             self._abandon_all("agent crashed", "AgentCrashed", out)
             self._flush(out)
@@ -174,6 +184,7 @@ class AgentExecutor(Actor):
         state = self.state
         return {
             "running": len(state.running),
+            "waiting": len(state.waiting),
             "completed": state.completed,
             "failed": state.failed,
             "timed_out": state.timed_out,
@@ -194,6 +205,7 @@ class AgentExecutor(Actor):
                 self.context.self_ref.tell(item.message)
                 continue
             item.reply(self._handle(item.message, out))
+        self._start_waiting(out)
         self._flush(out)
         return answer
 
@@ -211,14 +223,12 @@ class AgentExecutor(Actor):
         return None
 
     def _assign(self, message: Assign, out: _Out) -> None:
+        """Take the tasks into the waiting line; :meth:`_start_waiting` starts as many as
+        there are free slots at the end of the batch."""
         state = self.state
-        clock = self.wiring.clock
-        now = clock.now()
-        mono = clock.monotonic()
-        ref = self.context.self_ref
-        hub = self.wiring.hub
-        agent_id = state.spec.agent_id
         for record in message.records:
+            if record.task_id in state.waiting:
+                continue  # a redelivered Assign
             old = state.running.get(record.task_id)
             if old is not None:
                 if record.attempt < old.record.attempt:
@@ -229,6 +239,25 @@ class AgentExecutor(Actor):
                 del state.running[record.task_id]
                 self._stop_attempt(old)
                 state.zombies += 1
+            state.waiting[record.task_id] = record
+
+    def _start_waiting(self, out: _Out) -> None:
+        """Start waiting tasks, oldest first, while the agent has free slots."""
+        state = self.state
+        waiting = state.waiting
+        free = state.spec.max_concurrency - len(state.running)
+        if not waiting or free <= 0:
+            return
+        clock = self.wiring.clock
+        now = clock.now()
+        mono = clock.monotonic()
+        ref = self.context.self_ref
+        hub = self.wiring.hub
+        agent_id = state.spec.agent_id
+        while waiting and free > 0:
+            task_id = next(iter(waiting))
+            record = waiting.pop(task_id)
+            free -= 1
             running = record.moved(TaskState.RUNNING, at=now, attempt=record.attempt + 1)
             spec = running.spec
             context = TaskContext(
@@ -383,12 +412,16 @@ class AgentExecutor(Actor):
     def _cancel(self, task_id: uuid.UUID, out: _Out) -> bool:
         state = self.state
         run = state.running.pop(task_id, None)
-        if run is None:
+        if run is not None:
+            self._stop_attempt(run)
+            record = run.record
+        elif task_id in state.waiting:
+            record = state.waiting.pop(task_id)  # ASSIGNED, never started
+        else:
             return False
-        self._stop_attempt(run)
-        cancelled = run.record.moved(TaskState.CANCELLED, at=self.wiring.clock.now())
+        cancelled = record.moved(TaskState.CANCELLED, at=self.wiring.clock.now())
         out.persist.append(cancelled)
-        out.released.append((task_id, run.record.spec.type, False, 0.0))
+        out.released.append((task_id, record.spec.type, False, 0.0))
         state.cancelled += 1
         if self.wiring.hub.active:
             self.wiring.hub.publish("task.cancelled", task_id, where="agent")
@@ -417,12 +450,19 @@ class AgentExecutor(Actor):
             out.requeue.append((failed, error_type))
             out.released.append((task_id, record.spec.type, False, 0.0))
             state.requeued += 1
-        if out.requeue:
+        for task_id, record in list(state.waiting.items()):
+            # Never started: back to the queue as they were, no attempt counted.
+            del state.waiting[task_id]
+            out.unstarted.append(record.moved(TaskState.QUEUED, at=now, agent_id=None))
+            out.released.append((task_id, record.spec.type, False, 0.0))
+            state.requeued += 1
+        if out.requeue or out.unstarted:
             self.context.log.warning(
                 "agent.attempts_requeued",
                 agent_id=state.spec.agent_id,
                 reason=why,
                 tasks=len(out.requeue),
+                unstarted=len(out.unstarted),
             )
 
     def _flush(self, out: _Out) -> None:
@@ -450,10 +490,20 @@ class AgentExecutor(Actor):
                     redelivered=False,
                 )
             )
-        if out.released:
-            peers.get("router").tell(Released.fast(agent_id=agent_id, outcomes=tuple(out.released)))
-        if out.outcomes:
-            peers.get("performance").tell(Outcomes.fast(items=tuple(out.outcomes)))
+        if out.unstarted:
+            peers.get("queue").tell(
+                Enqueue.fast(records=tuple(out.unstarted), admitted=False, redelivered=False)
+            )
+        state = self.state
+        state.unreleased.extend(out.released)
+        state.unreported.extend(out.outcomes)
+        if state.unreleased and len(state.unreleased) >= len(state.waiting):
+            # Without a prefetch nothing waits here: every freed slot is told at once.
+            released, state.unreleased = tuple(state.unreleased), []
+            peers.get("router").tell(Released.fast(agent_id=agent_id, outcomes=released))
+        if state.unreported and not state.unreleased:
+            outcomes, state.unreported = tuple(state.unreported), []
+            peers.get("performance").tell(Outcomes.fast(items=outcomes))
 
 
 def _attempt(

@@ -9,6 +9,7 @@ while every capable agent is busy wait in a backlog, routed first as slots free 
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -120,8 +121,9 @@ class RouterActor(Actor):
             state.core.forget_agent(gone)
         state.refs = dict(message.refs)
         state.views = {
-            view.agent_id: view.model_copy(
-                update={"load": len(state.inflight.setdefault(view.agent_id, set()))}
+            view.agent_id: view.evolve(
+                load=len(state.inflight.setdefault(view.agent_id, set())),
+                buffer=math.ceil(view.max_concurrency * self.prefetch),
             )
             for view in message.agents
         }
@@ -216,16 +218,16 @@ class RouterActor(Actor):
 
     def _send_demand(self) -> None:
         state = self.state
-        # Ask for the free slots plus a prefetch of ``prefetch`` x max_concurrency per
-        # agent, so the next tasks are already here when a slot frees up (the hand-off
-        # from the queue costs a few thread switches); the backlog counts against it.
+        # Ask for what the agents have room for: their free slots plus, with a prefetch,
+        # their buffers (tasks an agent holds to start the moment a slot frees, without a
+        # round trip through router and queue); the backlog counts against it.
         waiting = len(state.backlog)
         wanted = []
         for view in state.views.values():
             if not view.healthy:
                 wanted.append((view.capabilities, 0))
                 continue
-            want = view.free_slots + int(view.max_concurrency * self.prefetch)
+            want = view.free_slots
             used = min(want, waiting)
             waiting -= used
             wanted.append((view.capabilities, want - used))

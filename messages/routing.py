@@ -18,15 +18,24 @@ class AgentView(Message):
     capabilities: frozenset[str]
     max_concurrency: int = Field(ge=1)
     load: int = Field(ge=0)
+    """Tasks the agent holds: running, or waiting in its buffer for a slot."""
+    buffer: int = Field(default=0, ge=0)
+    """Tasks the agent may hold beyond max_concurrency, waiting in its own buffer to start
+    the moment a slot frees (the router's ``prefetch``); 0 keeps priorities strict."""
     healthy: bool = True
     success_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     latency_ms: float = Field(default=0.0, ge=0.0)
     samples: int = Field(default=0, ge=0)
 
     @property
+    def capacity(self) -> int:
+        """How many tasks the agent may hold: its slots plus its buffer."""
+        return self.max_concurrency + self.buffer
+
+    @property
     def free_slots(self) -> int:
-        """How many more tasks the agent can take now."""
-        return max(0, self.max_concurrency - self.load)
+        """How many more tasks the agent can take now (into a slot or its buffer)."""
+        return max(0, self.max_concurrency + self.buffer - self.load)
 
 
 class Alternative(Message):

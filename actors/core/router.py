@@ -14,7 +14,7 @@ healthy, and has a free slot. Among the eligible agents a strategy picks one:
     remembers the last agent *id* chosen, not an index, so agents joining, leaving or
     filling up never make the cycle skip or repeat the others.
 ``least_loaded``
-    Lowest ``load / max_concurrency``; ties go to the smallest agent id.
+    Lowest ``load / capacity`` (slots plus buffer); ties go to the smallest agent id.
 ``performance``
     Highest weighted score of success rate, latency and load (see
     :class:`PerformanceWeights`); ties go to the smallest agent id.
@@ -62,8 +62,9 @@ def routing_key(spec: TaskSpec) -> frozenset[str]:
 
 
 def is_eligible(agent: AgentView, key: frozenset[str]) -> bool:
-    """True iff ``agent`` has every capability in ``key``, is healthy and has a free slot."""
-    return agent.healthy and agent.load < agent.max_concurrency and key <= agent.capabilities
+    """True iff ``agent`` has every capability in ``key``, is healthy and has room (a free
+    slot, or room in its buffer)."""
+    return agent.healthy and agent.load < agent.capacity and key <= agent.capabilities
 
 
 def reward(success: bool, latency_ms: float, latency_scale_ms: float = 1000.0) -> float:
@@ -90,7 +91,7 @@ class PerformanceWeights:
       samples: 1.0 for the fastest, 0.5 for one twice as slow. Agents without samples get
       the average of the others (neither rewarded nor punished for being unknown), or 1.0
       when no candidate has samples;
-    * ``load``: the agent's free share, ``1 - load / max_concurrency``.
+    * ``load``: the agent's free share, ``1 - load / capacity``.
 
     The defaults (0.5, 0.3, 0.2) put reliability first: an agent that fails half its tasks
     costs a retry per task, which no latency gain makes up for; load weighs least because
@@ -267,11 +268,11 @@ class RouterCore:
     def _least_loaded(self, candidates: list[AgentView]) -> tuple[list[float], int, str]:
         # Float division orders load/max exactly here: both are ints <= 10_000, and two
         # distinct such fractions differ by far more than a float's rounding error.
-        scores = [1.0 - agent.load / agent.max_concurrency for agent in candidates]
+        scores = [1.0 - agent.load / agent.capacity for agent in candidates]
         # max() keeps the first of equal scores, i.e. the smallest agent id.
         chosen = max(range(len(candidates)), key=scores.__getitem__)
         agent = candidates[chosen]
-        reason = f"least loaded: {agent.load}/{agent.max_concurrency} slots in use"
+        reason = f"least loaded: {agent.load}/{agent.capacity} slots in use"
         return scores, chosen, reason
 
     def _performance(self, candidates: list[AgentView]) -> tuple[list[float], int, str]:
@@ -292,14 +293,14 @@ class RouterCore:
             scores.append(
                 w_success * agent.success_rate
                 + w_latency * (neutral if latency_term is None else latency_term)
-                + w_load * (1.0 - agent.load / agent.max_concurrency)
+                + w_load * (1.0 - agent.load / agent.capacity)
             )
         chosen = max(range(len(candidates)), key=scores.__getitem__)
         agent = candidates[chosen]
         latency = f"{agent.latency_ms:.1f} ms" if agent.samples else "unknown latency"
         reason = (
             f"performance: score {scores[chosen]:.3f} (success {agent.success_rate:.2f}, "
-            f"{latency}, load {agent.load}/{agent.max_concurrency})"
+            f"{latency}, load {agent.load}/{agent.capacity})"
         )
         return scores, chosen, reason
 

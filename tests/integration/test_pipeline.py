@@ -400,6 +400,28 @@ def test_a_short_timeout_started_after_a_long_one_still_fires_on_time(
     assert [a.outcome for a in short.record().history] == ["timed_out"]
 
 
+def test_a_prefetch_holds_tasks_at_the_agent_and_a_held_task_can_be_cancelled(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    gate = Gate()
+    runner = make_runner(prefetch=1.0)  # one task held per slot, beyond the slot
+    runner.register_agent(agent(concurrency=1), gate)
+    first = runner.submit(type="code", payload=1)
+    assert gate.first_started.wait(WAIT_S)
+    held = runner.submit(type="code", payload=2)
+    queued = runner.submit(type="code", payload=3)
+    wait_for(lambda: runner.status()["agents"][0]["waiting"] == 1)
+    assert runner.status()["queue"]["depth"] == 1  # slot 1 + buffer 1: the third waits
+    assert held.cancel()
+    assert held.state() is TaskState.CANCELLED
+    gate.open.set()
+    assert first.result(WAIT_S) == 1
+    assert queued.result(WAIT_S) == 3
+    assert gate.started == [1, 3]  # the cancelled one never ran
+    with pytest.raises(TaskCancelledError):
+        held.result(WAIT_S)
+
+
 def test_result_wait_has_a_timeout(make_runner: Callable[..., TaskRunner]) -> None:
     runner = make_runner()  # no agent: the task waits
     handle = runner.submit(type="code")

@@ -136,3 +136,29 @@ def test_an_actor_that_stops_making_progress_is_reported_and_replaced(
     assert "health.unresponsive" in names
     assert "supervisor.child_unresponsive" in names
     assert any(e["event"] == "supervisor.child_restarted" and e["child"] == "events" for e in logs)
+
+
+def test_an_agent_crash_gives_back_its_buffered_tasks_without_counting_an_attempt() -> None:
+    # With a prefetch the agent holds tasks beyond its slots; they never started, so a
+    # crash sends them back to the queue as they were (attempt 0), not as failed attempts.
+    release = threading.Event()
+    started = threading.Event()
+
+    def gate(task: TaskContext) -> int:
+        started.set()
+        release.wait(WAIT_S)
+        return task.attempt
+
+    with TaskRunner.start(RunnerConfig(max_restarts=50, prefetch=1.0)) as runner:
+        runner.register_agent(AgentSpec(agent_id="a", capabilities={"t"}, max_concurrency=1), gate)
+        first = runner.submit(type="t")
+        assert started.wait(WAIT_S)
+        buffered = runner.submit(type="t")
+        wait_for(lambda: runner.status()["agents"][0]["waiting"] == 1)
+        runner.inject_crash("agent:a")
+        wait_for(lambda: runner.restarts() == 1)
+        release.set()
+        assert first.result(WAIT_S) == 2  # it was running: abandoned, attempt counted
+        assert buffered.result(WAIT_S) == 1  # it was waiting: its first attempt ran now
+        assert [a.outcome for a in buffered.record().history] == ["completed"]
+        assert runner.status()["counts"]["completed"] == 2

@@ -80,6 +80,12 @@ def test_eligibility_needs_capabilities_health_and_a_free_slot() -> None:
     assert not is_eligible(agent("a", "code", "py", healthy=False), key)
     assert not is_eligible(agent("a", "code", "py", max_concurrency=2, load=2), key)
     assert is_eligible(agent("a", "code", "py", max_concurrency=2, load=1), key)
+    # A buffer (the router's prefetch) is room too, up to slots + buffer.
+    buffered = agent("a", "code", "py", max_concurrency=2, load=2).evolve(buffer=1)
+    assert is_eligible(buffered, key)
+    assert buffered.free_slots == 1 and buffered.capacity == 3
+    assert not is_eligible(buffered.evolve(load=3), key)
+    assert buffered.evolve(load=3).free_slots == 0
 
 
 def test_eligible_lists_only_eligible_agents_sorted() -> None:
@@ -447,13 +453,15 @@ def agent_sets(draw: st.DrawFn) -> list[AgentView]:
     views = []
     for index in range(count):
         max_concurrency = draw(st.integers(1, 4))
+        buffer = draw(st.integers(0, 3))
         samples = draw(st.integers(0, 20))
         views.append(
             AgentView(
                 agent_id=f"agent-{draw(st.integers(0, 99)):02d}-{index}",
                 capabilities=draw(st.frozensets(st.sampled_from(CAPS), min_size=1)),
                 max_concurrency=max_concurrency,
-                load=draw(st.integers(0, max_concurrency)),
+                load=draw(st.integers(0, max_concurrency + buffer)),
+                buffer=buffer,
                 healthy=draw(st.booleans()),
                 success_rate=draw(st.floats(0.0, 1.0)),
                 latency_ms=draw(st.floats(0.0, 1e5)) if samples else 0.0,
@@ -495,7 +503,7 @@ def test_routing_never_picks_an_ineligible_agent(
     eligible = {
         a.agent_id
         for a in agents
-        if key <= a.capabilities and a.healthy and a.load < a.max_concurrency
+        if key <= a.capabilities and a.healthy and a.load < a.max_concurrency + a.buffer
     }
     for _ in range(3):  # repeated, so round robin and bandit state moves on
         decision = router.route(record, agents)
@@ -521,13 +529,11 @@ def test_least_loaded_picks_a_minimum(agents: list[AgentView], record: TaskRecor
     if decision is None:
         assert not eligible
         return
-    lowest = min(a.load / a.max_concurrency for a in eligible)
+    lowest = min(a.load / a.capacity for a in eligible)
     chosen = next(a for a in eligible if a.agent_id == decision.agent_id)
-    assert chosen.load / chosen.max_concurrency == lowest
+    assert chosen.load / chosen.capacity == lowest
     # and among the minima, the smallest id
-    assert chosen.agent_id == min(
-        a.agent_id for a in eligible if a.load / a.max_concurrency == lowest
-    )
+    assert chosen.agent_id == min(a.agent_id for a in eligible if a.load / a.capacity == lowest)
 
 
 @settings(max_examples=150, deadline=None)
