@@ -187,10 +187,15 @@ def test_concurrent_claimers_never_get_the_same_task(
     got: dict[str, list[uuid.UUID]] = collections.defaultdict(list)
     errors: list[BaseException] = []
     together = threading.Barrier(6)
+    first_round = threading.Barrier(6)
 
     def claimer(store: PostgresStore, owner: str, batch: int) -> None:
         try:
-            together.wait(WAIT_S)  # a late thread would find the table drained
+            together.wait(WAIT_S)  # all claim at once...
+            got[owner].extend(r.task_id for r in store.claim(owner, batch, LONG_LEASE))
+            # ...and none drains the table before each has had its first batch (a thread
+            # the scheduler left behind on a busy machine would find it empty).
+            first_round.wait(WAIT_S)
             while claimed := store.claim(owner, batch, LONG_LEASE):
                 got[owner].extend(r.task_id for r in claimed)
         except BaseException as exc:  # noqa: BLE001 - reported below
@@ -209,9 +214,32 @@ def test_concurrent_claimers_never_get_the_same_task(
     every = [task_id for claimed in got.values() for task_id in claimed]
     assert len(every) == len(set(every)) == 600
     assert set(every) == ids
-    assert len(got) == 6  # everybody got some (SKIP LOCKED: nobody waited for the others)
+    assert len(got) == 6  # everybody got some
     for owner, claimed in got.items():
         assert {a.get(task_id).owner for task_id in claimed} == {owner}  # type: ignore[union-attr]
+
+
+def test_a_claim_skips_rows_another_transaction_holds_instead_of_waiting(
+    stores: Callable[[], PostgresStore], schema: tuple[str, str]
+) -> None:
+    import psycopg
+
+    from tests.integration.test_journal_contract import POSTGRES_URL
+
+    store = stores()
+    records = store.insert([make_record(priority=9 - i) for i in range(4)])
+    held = {records[0].task_id, records[1].task_id}  # the two a claim would take first
+    with psycopg.connect(POSTGRES_URL, connect_timeout=3) as other:
+        other.execute(  # an open transaction holding the two rows' locks
+            sql.SQL("SELECT 1 FROM {} WHERE task_id = ANY(%s) FOR UPDATE").format(
+                sql.Identifier(schema[0], "tasks")
+            ),
+            (list(held),),
+        )
+        claimed = store.claim("runner-a", 4, LONG_LEASE)  # would block without SKIP LOCKED
+        assert {r.task_id for r in claimed} == {records[2].task_id, records[3].task_id}
+        other.rollback()
+    assert {r.task_id for r in store.claim("runner-b", 4, LONG_LEASE)} == held
 
 
 # -- renew ---------------------------------------------------------------------------------
