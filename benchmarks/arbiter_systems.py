@@ -6,7 +6,10 @@ Systems (``SYSTEMS``, registered by ``benchmarks.systems.register_arbiter``):
 * ``arbiter-sqlite``: ``store="sqlite:///<fresh temp dir>/bench.db"`` (default durability:
   WAL, ``synchronous=NORMAL``);
 * ``arbiter-sqlite-fsync``: the same with ``?durability=fsync`` (``synchronous=FULL``); it
-  only runs ``durable_submit``, the workload where durability is the cost being measured.
+  only runs ``durable_submit``, the workload where durability is the cost being measured;
+* ``arbiter-memory-prefetch``: ``store="memory://"`` with ``prefetch=2.0`` (each agent
+  holds two tasks per slot ahead of its free slots, as Dramatiq's worker prefetches two
+  messages per thread); ``noop_throughput`` and ``paced_latency`` only.
 
 Set-up, per measurement (a fresh runner and a fresh store each time, like the peers):
 
@@ -79,6 +82,9 @@ DRAIN_TIMEOUT_S = 30.0
 """After the last handler completion, how long the runner may take to record every task
 as finished (outside the timed window). Longer is reported as an error."""
 TASK_TYPE = "noop"
+PREFETCH = 2.0
+"""``arbiter-memory-prefetch``: tasks held per agent slot ahead of the free ones, as
+Dramatiq's worker prefetches 2 messages per thread (Celery: 4)."""
 
 STORES: dict[str, str] = {
     "memory": "memory://",
@@ -117,11 +123,12 @@ class _Arbiter:
     packages: tuple[str, ...] = ARBITER_PACKAGES
     agents = 1
 
-    def __init__(self, store: str, threads: int = PEER_THREADS) -> None:
+    def __init__(self, store: str, threads: int = PEER_THREADS, prefetch: float = 0.0) -> None:
         if store not in STORES:
             raise ValueError(f"unknown store {store!r}; choose from {list(STORES)}")
         self.store = store
         self.threads = threads
+        self.prefetch = prefetch
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -142,6 +149,7 @@ class _Arbiter:
             "submit_timeout_s": 60,
             "submit_batch": SUBMIT_BATCH,
             "single_submit_max": SINGLE_SUBMIT_MAX,
+            "prefetch": self.prefetch,
             "other_settings": "RunnerConfig defaults",
         }
 
@@ -160,6 +168,7 @@ class _Arbiter:
                 store=STORES[self.store].format(tmp=tmp),
                 queue_capacity=max(n, MIN_QUEUE_CAPACITY),
                 submit_timeout_s=60,
+                prefetch=self.prefetch,
             )
             runner = TaskRunner.start(config)
             try:
@@ -251,8 +260,18 @@ class ArbiterSubmitOnly(_Arbiter):
     """``arbiter-sqlite-fsync``: ``durable_submit`` only."""
 
 
+class ArbiterPrefetch(ArbiterSystem):
+    """``arbiter-memory-prefetch``: the memory store with ``prefetch=PREFETCH``, set up like
+    the peers' consumers (each holds tasks ahead of its free threads); throughput and
+    latency only (submit and memory do not depend on it)."""
+
+    durable_submit = None  # type: ignore[assignment]
+    memory_per_queued_task = None  # type: ignore[assignment]
+
+
 SYSTEMS: dict[str, Any] = {
     "arbiter-memory": ArbiterSystem("memory"),
     "arbiter-sqlite": ArbiterSystem("sqlite"),
     "arbiter-sqlite-fsync": ArbiterSubmitOnly("sqlite-fsync"),
+    "arbiter-memory-prefetch": ArbiterPrefetch("memory", prefetch=PREFETCH),
 }

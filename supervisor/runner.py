@@ -162,11 +162,14 @@ class RunnerConfig(BaseModel):
     """On start, put the store's unfinished tasks back in the pipeline. False for a
     short-lived runner that only submits (``arbiter submit``) to a store a worker uses."""
     prefetch: float = Field(default=0.0, ge=0)
-    """Tasks the router takes from the queue ahead of free slots, per agent, as a multiple
-    of its max_concurrency. 0 (default): a task leaves the queue only for a free slot, so
-    priorities are strict. 1.0: about a third more throughput on no-op tasks, but a task
-    taken early runs before a higher-priority one submitted after it (Celery's prefetch
-    trade-off)."""
+    """Tasks each agent holds ahead of its free slots, as a multiple of its max_concurrency
+    (rounded up): they wait in the agent's own buffer and start the moment a slot frees,
+    without a round trip through router and queue. 0 (default): a task leaves the queue
+    only for a free slot, so priorities are strict. 2.0 (as Dramatiq prefetches): more
+    throughput on short tasks, but a task taken early runs before a higher-priority one
+    submitted after it, and a buffered task waits for its agent even if another is idle
+    (Celery's prefetch trade-off). Buffered tasks are ASSIGNED, not RUNNING; a crash or
+    a deregistration gives them back to the queue with no attempt counted."""
     seed: int | None = None
     lease_s: float = Field(default=30.0, gt=0, le=86_400)
     """Shared store: how long a claimed task stays this runner's without a renewal
