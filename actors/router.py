@@ -148,11 +148,15 @@ class RouterActor(Actor):
         backlog = state.backlog
         while backlog and free > 0:
             record, ready_at = backlog.popleft()
-            decision = core.route(record, view_list)
-            if decision is None:
+            # Build the decision (alternatives, scores, reason) only for a listener.
+            if hub.active:
+                decision = core.route(record, view_list)
+                agent_id = None if decision is None else decision.agent_id
+            else:
+                decision, agent_id = None, core.choose(record, view_list)
+            if agent_id is None:
                 waiting.append((record, ready_at))
                 continue
-            agent_id = decision.agent_id
             tasks = state.inflight.setdefault(agent_id, set())
             tasks.add(record.task_id)
             view = views[agent_id]
@@ -162,7 +166,7 @@ class RouterActor(Actor):
             assigned.setdefault(agent_id, []).append(
                 record.moved(TaskState.ASSIGNED, at=now, agent_id=agent_id)
             )
-            if hub.active:
+            if decision is not None:
                 hub.publish(
                     "task.routed",
                     record.task_id,

@@ -199,6 +199,22 @@ class RouterCore:
         The router does not change the views: a caller routing several tasks in a batch
         passes views updated with the loads it has just assigned.
         """
+        picked = self._pick(task, agents)
+        if picked is None:
+            return None
+        candidates, scores, chosen, reason = picked
+        return self._decision(task, candidates, scores, chosen, reason)
+
+    def choose(self, task: TaskRecord, agents: Sequence[AgentView]) -> str | None:
+        """The id of the agent :meth:`route` would choose, with the same effect on this
+        router's state (round-robin cursors, bandit draws, counters), but without building
+        the decision: for a caller that does not report it (nobody listens to events)."""
+        picked = self._pick(task, agents)
+        return None if picked is None else picked[0][picked[2]].agent_id
+
+    def _pick(
+        self, task: TaskRecord, agents: Sequence[AgentView]
+    ) -> tuple[list[AgentView], list[float], int, str] | None:
         candidates = self.eligible(task, agents)
         if not candidates:
             self._unroutable += 1
@@ -212,7 +228,7 @@ class RouterCore:
         else:
             scores, chosen, reason = self._bandit(task, candidates)
         self._decisions += 1
-        return self._decision(task, candidates, scores, chosen, reason)
+        return candidates, scores, chosen, reason
 
     def _decision(
         self,

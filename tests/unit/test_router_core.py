@@ -522,6 +522,35 @@ def test_routing_never_picks_an_ineligible_agent(
 
 
 @settings(max_examples=150, deadline=None)
+@given(
+    agents=agent_sets(),
+    records=st.lists(tasks, min_size=1, max_size=12),
+    strategy=st.sampled_from(STRATEGIES),
+    seed=st.integers(0, 2**32 - 1),
+    outcomes=st.lists(st.tuples(st.booleans(), st.floats(0.0, 1e4)), max_size=12),
+)
+def test_choose_picks_what_route_picks_with_the_same_effect(
+    agents: list[AgentView],
+    records: list[TaskRecord],
+    strategy: str,
+    seed: int,
+    outcomes: list[tuple[bool, float]],
+) -> None:
+    """Twin routers, one asked with route() and one with choose(), stay in step: same
+    picks, same counters, same round-robin cursors and bandit draws, whatever the mix."""
+    explaining = RouterCore(strategy, rng=random.Random(seed), epsilon=0.3)
+    quiet = RouterCore(strategy, rng=random.Random(seed), epsilon=0.3)
+    for index, record in enumerate(records):
+        decision = explaining.route(record, agents)
+        assert quiet.choose(record, agents) == (decision.agent_id if decision else None)
+        if decision is not None and index < len(outcomes):  # feed the bandit alike
+            success, latency = outcomes[index]
+            for router in (explaining, quiet):
+                router.record_outcome(record.spec.type, decision.agent_id, success, latency)
+    assert quiet.statistics() == explaining.statistics()
+
+
+@settings(max_examples=150, deadline=None)
 @given(agents=agent_sets(), record=tasks)
 def test_least_loaded_picks_a_minimum(agents: list[AgentView], record: TaskRecord) -> None:
     decision = RouterCore("least_loaded").route(record, agents)
