@@ -29,7 +29,7 @@ from typing import Any
 
 from actors.base import Actor
 from actors.cell import ActorRef
-from actors.pipeline import Wiring
+from actors.pipeline import TickTimer, Wiring
 from messages.base import freeze_json, thaw_json
 from messages.errors import PermanentError
 from messages.pipeline import (
@@ -43,6 +43,7 @@ from messages.pipeline import (
     Persist,
     Released,
     RetryTask,
+    Tick,
     TimeoutCheck,
 )
 from messages.task import AgentSpec, Attempt, TaskRecord, TaskState
@@ -50,6 +51,8 @@ from messages.task import AgentSpec, Attempt, TaskRecord, TaskState
 __all__ = ["AgentExecutor", "AgentState", "TaskContext"]
 
 _ERROR_LIMIT = 2000
+_REPORT_BATCH = 256  # outcomes per Outcomes message to the performance tracker, at most
+_REPORT_DELAY_S = 0.1  # how long a busy agent may hold an outcome before reporting it
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,12 @@ class AgentState:
     """ASSIGNED tasks held beyond max_concurrency (the router's prefetch), oldest first:
     each starts the moment a slot frees, without a round trip through router and queue."""
     unreleased: list[tuple[uuid.UUID, str, bool, float]] = field(default_factory=list)
+    """Slots freed and not yet told to the router: while the waiting line holds more than
+    was freed a refill is not urgent, so they go out together, in one message."""
     unreported: list[AgentOutcome] = field(default_factory=list)
-    """Slots freed (and outcomes) not yet told to the router (and performance tracker):
-    while the waiting line holds more than was freed, a refill is not urgent, so they go
-    out together, in one message instead of one per batch."""
+    """Outcomes not yet sent to the performance tracker: sent by the _REPORT_BATCH, or
+    _REPORT_DELAY_S after the first of them (``report_timer``)."""
+    report_timer: TickTimer = field(default_factory=TickTimer)
     pool: _Workers | None = None
     loop: asyncio.AbstractEventLoop | None = None
     loop_thread: threading.Thread | None = None
@@ -216,6 +221,9 @@ class AgentExecutor(Actor):
             self._assign(message, out)
         elif isinstance(message, TimeoutCheck):
             self._timed_out(message, out)
+        elif isinstance(message, Tick):
+            self.state.report_timer.fired()
+            self._report()
         elif isinstance(message, CancelTask):
             return self._cancel(message.task_id, out)
         else:
@@ -501,9 +509,21 @@ class AgentExecutor(Actor):
             # Without a prefetch nothing waits here: every freed slot is told at once.
             released, state.unreleased = tuple(state.unreleased), []
             peers.get("router").tell(Released.fast(agent_id=agent_id, outcomes=released))
-        if state.unreported and not state.unreleased:
+        if state.unreported:
+            if len(state.unreported) >= _REPORT_BATCH:
+                self._report()
+            else:  # within _REPORT_DELAY_S, with whatever comes meanwhile
+                now = self.wiring.clock.monotonic()
+                state.report_timer.arm(
+                    self.wiring.timers, self.context.self_ref, now + _REPORT_DELAY_S, now
+                )
+
+    def _report(self) -> None:
+        """Send the outcomes not yet reported to the performance tracker."""
+        state = self.state
+        if state.unreported:
             outcomes, state.unreported = tuple(state.unreported), []
-            peers.get("performance").tell(Outcomes.fast(items=outcomes))
+            self.wiring.peers.get("performance").tell(Outcomes.fast(items=outcomes))
 
 
 def _attempt(

@@ -39,6 +39,8 @@ __all__ = ["RouterActor", "RouterState"]
 
 DEMAND_REFRESH_S = 1.0
 """The router repeats its demand this often while it has free slots (a lost Demand heals)."""
+REPORT_BATCH = 256  # routing latencies per RouteLatencies message, at most
+REPORT_DELAY_S = 0.1  # how long a busy router may hold a latency before reporting it
 
 
 @dataclass
@@ -51,6 +53,7 @@ class RouterState:
     inflight: dict[str, set[uuid.UUID]] = field(default_factory=dict)
     backlog: deque[tuple[TaskRecord, float]] = field(default_factory=deque)
     timer: TickTimer = field(default_factory=TickTimer)
+    unreported: list[float] = field(default_factory=list)  # routing latencies (ms) to send
     routed: int = 0
     received: int = 0
     returned: int = 0
@@ -79,6 +82,7 @@ class RouterActor(Actor):
             self._snapshot(message)
         elif isinstance(message, Tick):
             self.state.timer.fired()
+            self._report()
             self._send_demand()
         elif isinstance(message, CancelTask):
             return self._cancel(message.task_id)
@@ -192,11 +196,20 @@ class RouterActor(Actor):
                 state.refs[agent_id].tell(Assign.fast(records=tuple(batch), redelivered=False))
             state.routed += len(records)
             done = clock.monotonic()
-            self.wiring.peers.get("performance").tell(
-                RouteLatencies.fast(
-                    values=tuple((done - ready_at) * 1000.0 for ready_at in latencies)
+            state.unreported.extend((done - ready_at) * 1000.0 for ready_at in latencies)
+            if len(state.unreported) >= REPORT_BATCH:
+                self._report()
+            else:  # within REPORT_DELAY_S, with whatever comes meanwhile
+                state.timer.arm(
+                    self.wiring.timers, self.context.self_ref, done + REPORT_DELAY_S, done
                 )
-            )
+
+    def _report(self) -> None:
+        """Send the routing latencies not yet reported to the performance tracker."""
+        state = self.state
+        if state.unreported:
+            values, state.unreported = tuple(state.unreported), []
+            self.wiring.peers.get("performance").tell(RouteLatencies.fast(values=values))
 
     def _return_unservable(self) -> None:
         """Give back to the queue the waiting tasks that no healthy agent could ever take

@@ -79,6 +79,8 @@ def test_performance_feeds_the_registry_and_the_router() -> None:
         for handle in runner.submit_many([{"type": "t", "max_attempts": 1}] * 40):
             handle.record()
         assert runner.drain(WAIT_S)
+        # Agents report outcomes in batches, within 0.1 s.
+        wait_for(lambda: len(runner.status()["performance"]["agents"]) == 2)
         agents = runner.status()["performance"]["agents"]
         assert agents["good"]["success_rate"] == 1.0
         assert agents["bad"]["success_rate"] == 0.0
