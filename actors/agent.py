@@ -29,7 +29,7 @@ from typing import Any
 
 from actors.base import Actor
 from actors.cell import ActorRef
-from actors.pipeline import TickTimer, Wiring
+from actors.pipeline import TickTimer, Wiring, ring
 from messages.base import freeze_json, thaw_json
 from messages.errors import PermanentError
 from messages.pipeline import (
@@ -375,7 +375,7 @@ class AgentExecutor(Actor):
         state.timeout_due = due
         check = TimeoutCheck.fast(due=due)
         state.timeout_timer = timers.call_later(
-            due - time.monotonic(), functools.partial(self.context.self_ref.tell, check)
+            due - time.monotonic(), functools.partial(ring, self.context.self_ref, check)
         )
 
     def _timed_out(self, message: TimeoutCheck, out: _Out) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "SystemClock",
     "TickTimer",
     "Wiring",
+    "ring",
 ]
 
 _log = structlog.get_logger("arbiter.events")
@@ -221,6 +222,14 @@ class Wiring:
     admission: Admission
 
 
+def ring(ref: ActorRef, alarm: Any) -> None:
+    """Deliver an actor's own alarm (a timer it armed), unless the actor has stopped for
+    good: then the alarm rings for nobody. Nobody sent it, nobody waits for it, so it is
+    not a dead letter (which would log a warning at every shutdown)."""
+    if ref.is_alive():
+        ref.tell(alarm)
+
+
 class TickTimer:
     """At most one pending timer per actor: ``arm(due)`` asks the timer service to tell
     the actor a :class:`~messages.pipeline.Tick` at monotonic time ``due``, unless a tick
@@ -239,7 +248,7 @@ class TickTimer:
             timers.cancel(self.handle)
         self.due = due
         tick = Tick.fast(at=due)
-        self.handle = timers.call_later(max(0.0, due - now), lambda: ref.tell(tick))
+        self.handle = timers.call_later(max(0.0, due - now), lambda: ring(ref, tick))
 
     def fired(self) -> None:
         """The armed tick arrived (call first thing on Tick)."""

@@ -363,6 +363,33 @@ def test_stop_is_in_reverse_start_order_and_later_sends_are_dead_letters(
     assert system.dead_letter_office.counts_by_reason()["actor_stopped"] >= 2
 
 
+def test_an_alarm_of_a_stopped_actor_rings_for_nobody(make_system: Any) -> None:
+    # An actor's own timer (a Tick it armed) is not a message anyone sent: after the
+    # actor stopped for good it is dropped quietly, not logged as a dead letter at every
+    # shutdown. While the actor runs it is delivered like any message.
+    from actors.pipeline import ring
+    from messages.pipeline import Tick
+
+    system = make_system()
+    got: list[Any] = []
+
+    class Alarmed(Actor):
+        def receive(self, message: Any) -> Any:
+            got.append(message)
+            return len(got)
+
+    ref = system.spawn(ChildSpec(name="alarmed", factory=Alarmed))
+    ring(ref, Tick(at=1.0))
+    assert ref.ask("sync", timeout=WAIT_S) == 2
+    assert got[0] == Tick(at=1.0)
+    system.stop()
+    before = system.dead_letter_office.total
+    ring(ref, Tick(at=2.0))
+    assert system.dead_letter_office.total == before
+    ref.tell("late")  # a message somebody sent still becomes a dead letter
+    assert system.dead_letter_office.total == before + 1
+
+
 def test_slow_shutdown_is_abandoned_after_its_timeout(make_system: Any) -> None:
     system: ActorSystem = make_system()
     _BLOCKERS["slow-stop"] = threading.Event()
