@@ -107,6 +107,9 @@ class AgentState:
     """Outcomes not yet sent to the performance tracker: sent by the _REPORT_BATCH, or
     _REPORT_DELAY_S after the first of them (``report_timer``)."""
     report_timer: TickTimer = field(default_factory=TickTimer)
+    given_back: dict[uuid.UUID, int] = field(default_factory=dict)
+    """Attempts a crashed incarnation left running, given back by its successor (task id
+    -> attempt): an Assign redelivered after the crash must not start them again."""
     pool: _Workers | None = None
     loop: asyncio.AbstractEventLoop | None = None
     loop_thread: threading.Thread | None = None
@@ -170,10 +173,18 @@ class AgentExecutor(Actor):
     # -- lifecycle ------------------------------------------------------------------------
     def on_start(self) -> None:
         self.state.start_workers()
-        if self.state.running or self.state.waiting:
-            # The previous incarnation crashed with attempts in flight (or tasks waiting).
+        state = self.state
+        state.given_back.clear()
+        if state.running:
+            # The previous incarnation crashed with attempts in flight: give them back
+            # (attempt counted). Tasks in the waiting line never started: they stay, and
+            # start as slots free up.
+            state.given_back.update(
+                (task_id, run.record.attempt) for task_id, run in state.running.items()
+            )
             out = _Out()
-            self._abandon_all("agent crashed", "AgentCrashed", out)
+            self._abandon_all("agent crashed", "AgentCrashed", out, waiting=False)
+            self._start_waiting(out)
             self._flush(out)
 
     def pre_restart(self, reason: BaseException | None) -> None:
@@ -181,8 +192,9 @@ class AgentExecutor(Actor):
 
     def post_stop(self) -> None:
         out = _Out()
-        self._abandon_all("agent stopped", "AgentStopped", out)
+        self._abandon_all("agent stopped", "AgentStopped", out, waiting=True)
         self._flush(out)
+        self._report()
         self.state.stop_workers()
 
     def statistics(self) -> dict[str, Any]:
@@ -237,6 +249,8 @@ class AgentExecutor(Actor):
         for record in message.records:
             if record.task_id in state.waiting:
                 continue  # a redelivered Assign
+            if record.attempt < state.given_back.get(record.task_id, 0):
+                continue  # redelivered after a crash: that attempt was given back already
             old = state.running.get(record.task_id)
             if old is not None:
                 if record.attempt < old.record.attempt:
@@ -264,7 +278,7 @@ class AgentExecutor(Actor):
         agent_id = state.spec.agent_id
         while waiting and free > 0:
             task_id = next(iter(waiting))
-            record = waiting.pop(task_id)
+            record = waiting[task_id]  # off the line only once it runs (crash safety)
             free -= 1
             running = record.moved(TaskState.RUNNING, at=now, attempt=record.attempt + 1)
             spec = running.spec
@@ -280,6 +294,7 @@ class AgentExecutor(Actor):
             )
             run = _Run(running, mono, context)
             state.running[running.task_id] = run
+            del waiting[task_id]
             out.persist.append(running)
             if hub.active:
                 hub.publish(
@@ -442,8 +457,9 @@ class AgentExecutor(Actor):
         if run.future is not None:
             run.future.cancel()  # stops an async handler; a sync one sees is_cancelled()
 
-    def _abandon_all(self, why: str, error_type: str, out: _Out) -> None:
-        """Give every running attempt back (attempt counted), e.g. after a crash."""
+    def _abandon_all(self, why: str, error_type: str, out: _Out, *, waiting: bool) -> None:
+        """Give every running attempt back (attempt counted), e.g. after a crash, and with
+        ``waiting`` the tasks of the waiting line too (never started: no attempt counted)."""
         state = self.state
         now = self.wiring.clock.now()
         for task_id, run in list(state.running.items()):
@@ -458,7 +474,7 @@ class AgentExecutor(Actor):
             out.requeue.append((failed, error_type))
             out.released.append((task_id, record.spec.type, False, 0.0))
             state.requeued += 1
-        for task_id, record in list(state.waiting.items()):
+        for task_id, record in list(state.waiting.items()) if waiting else ():
             # Never started: back to the queue as they were, no attempt counted.
             del state.waiting[task_id]
             out.unstarted.append(record.moved(TaskState.QUEUED, at=now, agent_id=None))

@@ -84,8 +84,24 @@ def test_performance_feeds_the_registry_and_the_router() -> None:
         agents = runner.status()["performance"]["agents"]
         assert agents["good"]["success_rate"] == 1.0
         assert agents["bad"]["success_rate"] == 0.0
-        # Once the figures reach the router, it prefers the agent that succeeds.
-        wait_for(lambda: any("success" in e.data["reason"] for e in routed), WAIT_S)
+        # The figures reach the router through performance -> registry -> router, a few
+        # hops later; until then both agents look alike. Probe until its decision shows
+        # it (good chosen, bad scored lower by its failures)...
+
+        def router_knows_bad_fails() -> bool:
+            count = len(routed)
+            runner.submit(type="t", max_attempts=1)
+            wait_for(lambda: len(routed) > count)
+            event = routed[count]
+            scores = {alt["agent_id"]: alt["score"] for alt in event.data["alternatives"]}
+            return bool(
+                event.data["agent_id"] == "good"
+                and scores.get("bad", 1.0) < event.data["score"] - 0.1
+            )
+
+        wait_for(router_knows_bad_fails, WAIT_S)
+        assert runner.drain(WAIT_S)
+        # ...from then on it prefers the agent that succeeds.
         before = len(routed)
         for _ in range(10):  # one at a time, so both agents are free at each decision
             runner.submit(type="t").result(WAIT_S)
@@ -140,9 +156,10 @@ def test_an_actor_that_stops_making_progress_is_reported_and_replaced(
     assert any(e["event"] == "supervisor.child_restarted" and e["child"] == "events" for e in logs)
 
 
-def test_an_agent_crash_gives_back_its_buffered_tasks_without_counting_an_attempt() -> None:
+def test_an_agent_crash_keeps_its_buffered_tasks_without_counting_an_attempt() -> None:
     # With a prefetch the agent holds tasks beyond its slots; they never started, so a
-    # crash sends them back to the queue as they were (attempt 0), not as failed attempts.
+    # crash leaves them in its waiting line (attempt 0), not counted as failed attempts:
+    # the restarted agent starts them as slots free up.
     release = threading.Event()
     started = threading.Event()
 
@@ -164,3 +181,33 @@ def test_an_agent_crash_gives_back_its_buffered_tasks_without_counting_an_attemp
         assert buffered.result(WAIT_S) == 1  # it was waiting: its first attempt ran now
         assert [a.outcome for a in buffered.record().history] == ["completed"]
         assert runner.status()["counts"]["completed"] == 2
+
+
+def test_a_deregistered_agent_gives_its_buffered_tasks_back_to_the_queue() -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    def gate(task: TaskContext) -> str:
+        started.set()
+        release.wait(WAIT_S)
+        return "leaving"
+
+    with TaskRunner.start(RunnerConfig(prefetch=1.0)) as runner:
+        runner.register_agent(AgentSpec(agent_id="a", capabilities={"t"}, max_concurrency=1), gate)
+        running = runner.submit(type="t")
+        assert started.wait(WAIT_S)
+        buffered = runner.submit(type="t")
+        wait_for(lambda: runner.status()["agents"][0]["waiting"] == 1)
+        runner.deregister_agent("a")  # running: abandoned (counted); buffered: given back
+        runner.register_agent(
+            AgentSpec(agent_id="b", capabilities={"t"}, max_concurrency=1),
+            lambda task: "stayed",
+        )
+        assert buffered.result(WAIT_S) == "stayed"
+        assert [(a.agent_id, a.outcome) for a in buffered.record().history] == [("b", "completed")]
+        assert running.result(WAIT_S) == "stayed"
+        assert [(a.agent_id, a.outcome) for a in running.record().history] == [
+            ("a", "abandoned"),
+            ("b", "completed"),
+        ]
+        release.set()  # the abandoned attempt's thread ends; its late result is a zombie
