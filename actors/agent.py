@@ -29,7 +29,7 @@ from typing import Any
 
 from actors.base import Actor
 from actors.cell import ActorRef
-from actors.pipeline import TickTimer, Wiring, ring
+from actors.pipeline import HeldReports, TickTimer, Wiring, ring
 from messages.base import freeze_json, thaw_json
 from messages.errors import PermanentError
 from messages.pipeline import (
@@ -51,8 +51,6 @@ from messages.task import AgentSpec, Attempt, TaskRecord, TaskState
 __all__ = ["AgentExecutor", "AgentState", "TaskContext"]
 
 _ERROR_LIMIT = 2000
-_REPORT_BATCH = 256  # outcomes per Outcomes message to the performance tracker, at most
-_REPORT_DELAY_S = 0.1  # how long a busy agent may hold an outcome before reporting it
 
 
 @dataclass(frozen=True)
@@ -103,9 +101,8 @@ class AgentState:
     unreleased: list[tuple[uuid.UUID, str, bool, float]] = field(default_factory=list)
     """Slots freed and not yet told to the router: while the waiting line holds more than
     was freed a refill is not urgent, so they go out together, in one message."""
-    unreported: list[AgentOutcome] = field(default_factory=list)
-    """Outcomes not yet sent to the performance tracker: sent by the _REPORT_BATCH, or
-    _REPORT_DELAY_S after the first of them (``report_timer``)."""
+    unreported: HeldReports[AgentOutcome] = field(default_factory=HeldReports)
+    """Outcomes not yet sent to the performance tracker (in batches, within 0.1 s)."""
     report_timer: TickTimer = field(default_factory=TickTimer)
     given_back: dict[uuid.UUID, int] = field(default_factory=dict)
     """Attempts a crashed incarnation left running, given back by its successor (task id
@@ -520,25 +517,19 @@ class AgentExecutor(Actor):
             )
         state = self.state
         state.unreleased.extend(out.released)
-        state.unreported.extend(out.outcomes)
         if state.unreleased and len(state.unreleased) >= len(state.waiting):
             # Without a prefetch nothing waits here: every freed slot is told at once.
             released, state.unreleased = tuple(state.unreleased), []
             peers.get("router").tell(Released.fast(agent_id=agent_id, outcomes=released))
-        if state.unreported:
-            if len(state.unreported) >= _REPORT_BATCH:
-                self._report()
-            else:  # within _REPORT_DELAY_S, with whatever comes meanwhile
-                now = self.wiring.clock.monotonic()
-                state.report_timer.arm(
-                    self.wiring.timers, self.context.self_ref, now + _REPORT_DELAY_S, now
-                )
+        if state.unreported.add(
+            out.outcomes, self.wiring, self.context.self_ref, state.report_timer
+        ):
+            self._report()
 
     def _report(self) -> None:
         """Send the outcomes not yet reported to the performance tracker."""
-        state = self.state
-        if state.unreported:
-            outcomes, state.unreported = tuple(state.unreported), []
+        if self.state.unreported.items:
+            outcomes = self.state.unreported.take()
             self.wiring.peers.get("performance").tell(Outcomes.fast(items=outcomes))
 
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -36,6 +36,7 @@ __all__ = [
     "Admission",
     "Clock",
     "EventHub",
+    "HeldReports",
     "Peers",
     "ResultWaiters",
     "SystemClock",
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("arbiter.events")
+_T = TypeVar("_T")
 
 
 class Clock(Protocol):
@@ -228,6 +230,34 @@ def ring(ref: ActorRef, alarm: Any) -> None:
     not a dead letter (which would log a warning at every shutdown)."""
     if ref.is_alive():
         ref.tell(alarm)
+
+
+class HeldReports(Generic[_T]):
+    """Figures for a peer that need not arrive at once (outcomes and routing latencies for
+    the performance tracker): held until ``batch`` of them are in, or at most ``delay_s``
+    after the first, then sent in one message, so the tracker's mailbox sees one message
+    per batch instead of one per batch of tasks."""
+
+    def __init__(self, batch: int = 256, delay_s: float = 0.1) -> None:
+        self.batch = batch
+        self.delay_s = delay_s
+        self.items: list[_T] = []
+
+    def add(self, items: Iterable[_T], wiring: Wiring, ref: ActorRef, timer: TickTimer) -> bool:
+        """Hold ``items``. True when a full batch is in (send it now: :meth:`take`);
+        otherwise ``timer`` is armed to tick ``ref`` within ``delay_s`` (send on the tick)."""
+        self.items.extend(items)
+        if len(self.items) >= self.batch:
+            return True
+        if self.items:
+            now = wiring.clock.monotonic()
+            timer.arm(wiring.timers, ref, now + self.delay_s, now)
+        return False
+
+    def take(self) -> tuple[_T, ...]:
+        """Everything held, oldest first; nothing is held afterwards."""
+        items, self.items = tuple(self.items), []
+        return items
 
 
 class TickTimer:

@@ -18,7 +18,7 @@ from typing import Any
 from actors.base import Actor
 from actors.cell import ActorRef
 from actors.core.router import RouterCore, is_eligible, routing_key
-from actors.pipeline import TickTimer, Wiring
+from actors.pipeline import HeldReports, TickTimer, Wiring
 from messages.pipeline import (
     AgentsSnapshot,
     Assign,
@@ -39,8 +39,6 @@ __all__ = ["RouterActor", "RouterState"]
 
 DEMAND_REFRESH_S = 1.0
 """The router repeats its demand this often while it has free slots (a lost Demand heals)."""
-REPORT_BATCH = 256  # routing latencies per RouteLatencies message, at most
-REPORT_DELAY_S = 0.1  # how long a busy router may hold a latency before reporting it
 
 
 @dataclass
@@ -53,7 +51,7 @@ class RouterState:
     inflight: dict[str, set[uuid.UUID]] = field(default_factory=dict)
     backlog: deque[tuple[TaskRecord, float]] = field(default_factory=deque)
     timer: TickTimer = field(default_factory=TickTimer)
-    unreported: list[float] = field(default_factory=list)  # routing latencies (ms) to send
+    unreported: HeldReports[float] = field(default_factory=HeldReports)  # routing ms, to send
     routed: int = 0
     received: int = 0
     returned: int = 0
@@ -196,19 +194,14 @@ class RouterActor(Actor):
                 state.refs[agent_id].tell(Assign.fast(records=tuple(batch), redelivered=False))
             state.routed += len(records)
             done = clock.monotonic()
-            state.unreported.extend((done - ready_at) * 1000.0 for ready_at in latencies)
-            if len(state.unreported) >= REPORT_BATCH:
+            values = ((done - ready_at) * 1000.0 for ready_at in latencies)
+            if state.unreported.add(values, self.wiring, self.context.self_ref, state.timer):
                 self._report()
-            else:  # within REPORT_DELAY_S, with whatever comes meanwhile
-                state.timer.arm(
-                    self.wiring.timers, self.context.self_ref, done + REPORT_DELAY_S, done
-                )
 
     def _report(self) -> None:
         """Send the routing latencies not yet reported to the performance tracker."""
-        state = self.state
-        if state.unreported:
-            values, state.unreported = tuple(state.unreported), []
+        if self.state.unreported.items:
+            values = self.state.unreported.take()
             self.wiring.peers.get("performance").tell(RouteLatencies.fast(values=values))
 
     def _return_unservable(self) -> None:
