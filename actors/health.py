@@ -155,10 +155,11 @@ class HealthActor(Actor):
             if watched_actor is None or watched_actor.supervisor is None:
                 continue
             state.reported += 1
-            self.context.log.warning("health.unresponsive", component=name)
-            watched_actor.supervisor.tell(
-                ReportUnresponsive.fast(child=name, busy_s=self.interval_s)
+            self.context.log.warning(
+                "health.unresponsive", component=name, silent_s=state.core.silent_for(name, now)
             )
+            silent_s = state.core.silent_for(name, now)
+            watched_actor.supervisor.tell(ReportUnresponsive.fast(child=name, busy_s=silent_s))
 
     def _run_checks(self, now: float) -> list[HealthChanged]:
         state = self.state

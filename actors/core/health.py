@@ -192,6 +192,10 @@ class HealthCore:
         except KeyError:
             raise KeyError(f"no health component named {name!r}") from None
 
+    def silent_for(self, name: str, now: float) -> float:
+        """Seconds without a heartbeat from ``name`` at ``now`` (0 if it sends none)."""
+        return self._silent_for(self._get(name), now)
+
     def _silent_for(self, component: _Component, now: float) -> float:
         """Seconds without a heartbeat (0 for components that send none)."""
         if not component.expects_heartbeat:

@@ -48,6 +48,9 @@ __all__ = ["JournalActor", "JournalState"]
 _RETRY_FIRST_S: Final = 0.05  # first wait before writing again to an unavailable store
 _RETRY_CAP_S: Final = 2.0  # longest wait between two attempts
 _KEEPALIVE_S: Final = 0.25  # how often a waiting journal tells the watchdog it is alive
+_PICKUP_PAGE: Final = 1000  # task heads per read when looking for other processes' tasks
+_PICKUP_PAGES: Final = 50  # pages per look at most (the next look goes on from there)
+_UNBOUNDED: Final = 1 << 62  # a full look (retry-dead) reads every page
 
 
 @dataclass
@@ -288,14 +291,21 @@ class JournalActor(Actor):
         store = self.state.store
         after = 0 if full else self.state.watermark
         found: list[TaskRecord] = []
-        while True:
-            page = store.list_tasks(
-                None if not full else TaskState.QUEUED, 1000, after_sequence=after
-            )
-            if not page:
+        # Scan the light (sequence, id, state) heads, not the records: most new rows are
+        # this runner's own (a bulk submit can add a million); decode only the others.
+        # A look ends after _PICKUP_PAGES pages (the next one goes on from there), and
+        # says it is busy between pages, so a long scan is never taken for a hang.
+        for _ in range(_PICKUP_PAGES if not full else _UNBOUNDED):
+            heads = store.list_heads(_PICKUP_PAGE, after_sequence=after)
+            if not heads:
                 break
-            after = page[-1].sequence
-            found += [r for r in page if r.state is TaskState.QUEUED and r.task_id not in local]
+            after = heads[-1][0]
+            for _sequence, task_id, state in heads:
+                if state is TaskState.QUEUED and task_id not in local:
+                    record = store.get(task_id)
+                    if record is not None and record.state is TaskState.QUEUED:
+                        found.append(record)
+            self.context.still_busy()
         if not full:
             self.state.watermark = max(self.state.watermark, after)
         if found:

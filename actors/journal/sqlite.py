@@ -375,6 +375,22 @@ class SqliteStore(TaskStore):
             (TaskState(state).value, after_sequence, limit),
         )
 
+    def list_heads(
+        self, limit: int = DEFAULT_LIST_LIMIT, *, after_sequence: int = 0
+    ) -> list[tuple[int, uuid.UUID, TaskState]]:
+        """``(sequence, task_id, state)`` by sequence, read from the columns (no record
+        JSON decoded): the scan a runner makes for tasks other processes stored."""
+        check_limit(limit, after_sequence)
+        rows = self._query(
+            "SELECT sequence, task_id, state FROM tasks WHERE sequence > ? "
+            "ORDER BY sequence LIMIT ?",
+            (after_sequence, limit),
+        )
+        try:
+            return [(int(seq), uuid.UUID(tid), TaskState(state)) for seq, tid, state in rows]
+        except (TypeError, ValueError) as exc:
+            raise StoreCorrupt(f"{self._path}: unreadable task row: {exc}") from exc
+
     def counts(self) -> dict[TaskState, int]:
         """How many tasks are in each state."""
         rows = self._query("SELECT state, COUNT(*) FROM tasks GROUP BY state", ())

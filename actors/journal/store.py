@@ -165,6 +165,19 @@ class TaskStore(ABC):
         ``after_sequence`` pages through: pass the last sequence of the previous page.
         """
 
+    def list_heads(
+        self, limit: int = DEFAULT_LIST_LIMIT, *, after_sequence: int = 0
+    ) -> list[tuple[int, uuid.UUID, TaskState]]:
+        """``(sequence, task_id, state)`` of up to ``limit`` tasks ordered by sequence: a
+        cheap scan for what is new (no record decoded where the backend can avoid it).
+
+        ``after_sequence`` pages through, as in :meth:`list_tasks`.
+        """
+        return [
+            (record.sequence, record.task_id, record.state)
+            for record in self.list_tasks(None, limit, after_sequence=after_sequence)
+        ]
+
     @abstractmethod
     def counts(self) -> dict[TaskState, int]:
         """How many tasks are in each state (every state present, zero included)."""

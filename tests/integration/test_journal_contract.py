@@ -508,6 +508,22 @@ def test_list_tasks_filters_orders_limits_and_pages(store: TaskStore) -> None:
         store.list_tasks(after_sequence=-1)
 
 
+def test_list_heads_gives_sequence_id_and_state_in_order_and_pages(store: TaskStore) -> None:
+    states = [TaskState.QUEUED, TaskState.COMPLETED, TaskState.DEAD_LETTERED] * 3
+    stored = store.insert([make_record(state=s) for s in states])
+    heads = [(r.sequence, r.task_id, r.state) for r in stored]
+    assert store.list_heads() == heads
+    assert store.list_heads(4) == heads[:4]
+    assert store.list_heads(3, after_sequence=stored[4].sequence) == heads[5:8]
+    done = store.get(stored[0].task_id)
+    assert done is not None
+    store.update([done.moved(TaskState.ASSIGNED, at=done.updated_at, agent_id="a")])
+    assert store.list_heads(1) == [(stored[0].sequence, stored[0].task_id, TaskState.ASSIGNED)]
+    assert store.list_heads(limit=0) == []
+    with pytest.raises(ValueError, match="after_sequence"):
+        store.list_heads(after_sequence=-1)
+
+
 def test_dead_letters_lists_dead_lettered_tasks_oldest_first(store: TaskStore) -> None:
     stored = store.insert([make_record() for _ in range(4)])
     store.update([moved(stored[2], TaskState.DEAD_LETTERED), moved(stored[0], TaskState.FAILED)])

@@ -150,3 +150,31 @@ def test_tasks_stored_before_the_start_are_recovered_not_picked_up(
         assert picked_up(runner) == 0
     finally:
         runner.stop(drain=False)
+
+
+def test_a_long_backlog_is_looked_through_a_bounded_stretch_at_a_time(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each look reads at most _PICKUP_PAGES pages of _PICKUP_PAGE heads (so a million own
+    # rows never hold the journal for seconds) and the next look goes on from there:
+    # here 2 x 10 heads per look, through 30 own tasks then 50 foreign ones.
+    import actors.journal.actor as journal_actor
+
+    monkeypatch.setattr(journal_actor, "_PICKUP_PAGE", 10)
+    monkeypatch.setattr(journal_actor, "_PICKUP_PAGES", 2)
+    runner = TaskRunner.start(RunnerConfig(store=url, pickup_interval_s=3600))  # looks: ours
+    try:
+        own = [h.task_id for h in runner.submit_many([{"type": "t"}] * 30)]
+        other = submitter(url)
+        try:
+            foreign = [h.task_id for h in other.submit_many([{"type": "t"}] * 50)]
+        finally:
+            other.stop(drain=False)
+        journal = runner._peers.get("journal")
+        looks = [journal.ask(Pickup(), timeout=WAIT_S) for _ in range(5)]
+        assert looks == [0, 10, 20, 20, 0]  # heads 1-20 own, 21-40 half, then foreign
+        runner.register_agent(AgentSpec(agent_id="a", capabilities={"t"}), lambda task: None)
+        for task_id in own + foreign:
+            assert runner.wait(task_id, WAIT_S).state is TaskState.COMPLETED
+    finally:
+        runner.stop(drain=False)

@@ -85,6 +85,8 @@ def test_missed_heartbeats_make_a_component_unresponsive_once() -> None:
     assert changes[0].reason == "no heartbeat for 2 s (timeout 2 s)"
     assert changes[1].reason == "critical component 'queue' unhealthy"
     assert unresponsive == ["queue"]
+    assert core.silent_for("queue", 2.0) == 2.0  # what the supervisor is told
+    assert core.silent_for("router", 2.0) == 0.5
     assert not core.liveness()
     assert not core.readiness()
     # still silent: no new change, not reported again
