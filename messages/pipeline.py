@@ -247,8 +247,9 @@ class Sync(Message):
 
 class Pickup(Message):
     """Host timer -> journal (a file store one runner executes, e.g. SQLite): look for
-    tasks other processes stored (``arbiter submit``, ``retry-dead``) and queue them.
-    ``full``: look at every QUEUED task, not only those stored since the last look."""
+    tasks other processes stored (``arbiter submit``, ``retry-dead``) and queue them: those
+    stored since the last look, and a stretch of a sweep through the older QUEUED ones.
+    ``full``: sweep every QUEUED task now."""
 
     full: bool = False
 

@@ -115,8 +115,6 @@ PIPELINE_ACTORS = (
 """The pipeline actors, in start order (the agents' supervisor starts after them). In shared
 mode the ``claimer`` starts too, right after ``queue``."""
 
-_FULL_PICKUP_EVERY = 40
-"""Every 40th pickup looks at every QUEUED task (re-queued old ones), not only new ones."""
 
 _WAIT_POLL_S = (0.01, 0.2)
 """Shared mode: ``wait`` polls the store from every 10 ms, slowing down to every 200 ms."""
@@ -327,7 +325,7 @@ class TaskRunner:
         if config.recover and not self._shared:
             self._recover()
         if self._journal_state.local is not None:
-            self._arm_pickup(1)
+            self._arm_pickup()
         if config.gc_freeze:
             gc.collect()
             gc.freeze()
@@ -448,7 +446,7 @@ class TaskRunner:
         with self._lock:
             return tuple(self._agent_slots.values())
 
-    def _arm_pickup(self, count: int) -> None:
+    def _arm_pickup(self) -> None:
         """Tell the journal to look for other processes' tasks in pickup_interval_s, and
         again after that, until the runner stops."""
 
@@ -456,10 +454,10 @@ class TaskRunner:
             if self._stopped:
                 return
             try:
-                self._peers.get("journal").tell(Pickup.fast(full=count % _FULL_PICKUP_EVERY == 0))
+                self._peers.get("journal").tell(Pickup.fast(full=False))
             except ActorStopped:
                 return  # stopping
-            self._arm_pickup(count + 1)
+            self._arm_pickup()
 
         self._require_system().runtime.timers.call_later(self.config.pickup_interval_s, look)
 

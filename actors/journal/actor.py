@@ -49,8 +49,9 @@ _RETRY_FIRST_S: Final = 0.05  # first wait before writing again to an unavailabl
 _RETRY_CAP_S: Final = 2.0  # longest wait between two attempts
 _KEEPALIVE_S: Final = 0.25  # how often a waiting journal tells the watchdog it is alive
 _PICKUP_PAGE: Final = 1000  # task heads per read when looking for other processes' tasks
-_PICKUP_PAGES: Final = 50  # pages per look at most (the next look goes on from there)
-_UNBOUNDED: Final = 1 << 62  # a full look (retry-dead) reads every page
+_PICKUP_PAGES: Final = 50  # pages of new heads per look at most (the next goes on from there)
+_SWEEP_PAGES: Final = 4  # pages of the sweep through older QUEUED heads per look
+_UNBOUNDED: Final = 1 << 62  # a full look sweeps every page
 
 
 @dataclass
@@ -67,6 +68,7 @@ class JournalState:
     """Pickup on: the unfinished tasks this runner has in its pipeline (anything else
     QUEUED in the store was put there by another process)."""
     watermark: int = 0  # pickup: the highest sequence looked at
+    sweep: int = 0  # pickup: how far the sweep through older QUEUED tasks has come
     picked_up: int = 0
     batch_sizes: list[int] = field(default_factory=list)
 
@@ -281,41 +283,64 @@ class JournalActor(Actor):
             time.sleep(min(left, _KEEPALIVE_S))
 
     def _pickup(self, full: bool) -> int:
-        """Queue the QUEUED tasks of the store this runner does not have: stored by other
-        processes since the last look (or, ``full``, at any time: a ``retry-dead``
-        re-queues old tasks). Runs on the journal's thread, between writes, so a task of
-        this runner cannot finish between the look and the check. Returns how many."""
-        local = self.state.local
+        """Queue the QUEUED tasks of the store this runner does not have. Each look reads
+        what was stored since the last one (by other processes: ``arbiter submit``) and a
+        stretch of a sweep through the older QUEUED ones (a ``retry-dead`` re-queues old
+        tasks, with their old sequence), so that a look costs a bounded time whatever the
+        store holds; ``full`` sweeps all of them at once. Runs on the journal's thread,
+        between writes, so a task of this runner cannot finish between the look and the
+        check. Returns how many it queued."""
+        state = self.state
+        local = state.local
         if local is None:
             return 0
-        store = self.state.store
-        after = 0 if full else self.state.watermark
+        store = state.store
         found: list[TaskRecord] = []
-        # Scan the light (sequence, id, state) heads, not the records: most new rows are
-        # this runner's own (a bulk submit can add a million); decode only the others.
-        # A look ends after _PICKUP_PAGES pages (the next one goes on from there), and
-        # says it is busy between pages, so a long scan is never taken for a hang.
-        for _ in range(_PICKUP_PAGES if not full else _UNBOUNDED):
+        # Scan light (sequence, id, state) heads, not records: most rows are this runner's
+        # own (a bulk submit can add a million), and only the others are read in full.
+        # Say "busy" between pages, so that a long look is never taken for a hang.
+        after = state.watermark
+        for _ in range(_PICKUP_PAGES):
             heads = store.list_heads(_PICKUP_PAGE, after_sequence=after)
             if not heads:
                 break
             after = heads[-1][0]
-            for _sequence, task_id, state in heads:
-                if state is TaskState.QUEUED and task_id not in local:
-                    record = store.get(task_id)
-                    if record is not None and record.state is TaskState.QUEUED:
-                        found.append(record)
+            found += self._foreign(heads, local)
             self.context.still_busy()
-        if not full:
-            self.state.watermark = max(self.state.watermark, after)
+        state.watermark = max(state.watermark, after)
+        swept = 0 if full else state.sweep
+        for _ in range(_UNBOUNDED if full else _SWEEP_PAGES):
+            heads = store.list_heads(_PICKUP_PAGE, after_sequence=swept, state=TaskState.QUEUED)
+            if heads:
+                swept = heads[-1][0]
+                found += self._foreign(heads, local)
+                self.context.still_busy()
+            if len(heads) < _PICKUP_PAGE or swept >= state.watermark:
+                swept = 0  # the end: the next sweep starts again from the oldest
+                break
+        state.sweep = swept
         if found:
             local.update(record.task_id for record in found)
-            self.state.picked_up += len(found)
+            state.picked_up += len(found)
             self.peers.get("queue").tell(
                 Enqueue.fast(records=tuple(found), admitted=False, redelivered=False)
             )
             self.context.log.info("journal.picked_up", tasks=len(found), full=full)
         return len(found)
+
+    def _foreign(
+        self, heads: list[tuple[int, uuid.UUID, TaskState]], local: set[uuid.UUID]
+    ) -> list[TaskRecord]:
+        """The QUEUED records among ``heads`` that this runner does not hold (each id
+        once: a task seen by the look and by the sweep is queued once)."""
+        found = []
+        for _sequence, task_id, head_state in heads:
+            if head_state is TaskState.QUEUED and task_id not in local:
+                record = self.state.store.get(task_id)
+                if record is not None and record.state is TaskState.QUEUED:
+                    local.add(task_id)
+                    found.append(record)
+        return found
 
     def _requeue_dead(self, message: RequeueDeadLetters) -> tuple[TaskRecord, ...]:
         store = self.state.store

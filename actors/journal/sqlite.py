@@ -376,16 +376,22 @@ class SqliteStore(TaskStore):
         )
 
     def list_heads(
-        self, limit: int = DEFAULT_LIST_LIMIT, *, after_sequence: int = 0
+        self,
+        limit: int = DEFAULT_LIST_LIMIT,
+        *,
+        after_sequence: int = 0,
+        state: TaskState | None = None,
     ) -> list[tuple[int, uuid.UUID, TaskState]]:
         """``(sequence, task_id, state)`` by sequence, read from the columns (no record
         JSON decoded): the scan a runner makes for tasks other processes stored."""
         check_limit(limit, after_sequence)
-        rows = self._query(
-            "SELECT sequence, task_id, state FROM tasks WHERE sequence > ? "
-            "ORDER BY sequence LIMIT ?",
-            (after_sequence, limit),
-        )
+        if state is None:
+            sql = "SELECT sequence, task_id, state FROM tasks WHERE sequence > ?"
+            params: tuple[object, ...] = (after_sequence, limit)
+        else:  # the (state, sequence) index
+            sql = "SELECT sequence, task_id, state FROM tasks WHERE state = ? AND sequence > ?"
+            params = (TaskState(state).value, after_sequence, limit)
+        rows = self._query(sql + " ORDER BY sequence LIMIT ?", params)
         try:
             return [(int(seq), uuid.UUID(tid), TaskState(state)) for seq, tid, state in rows]
         except (TypeError, ValueError) as exc:

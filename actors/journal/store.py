@@ -166,16 +166,21 @@ class TaskStore(ABC):
         """
 
     def list_heads(
-        self, limit: int = DEFAULT_LIST_LIMIT, *, after_sequence: int = 0
+        self,
+        limit: int = DEFAULT_LIST_LIMIT,
+        *,
+        after_sequence: int = 0,
+        state: TaskState | None = None,
     ) -> list[tuple[int, uuid.UUID, TaskState]]:
-        """``(sequence, task_id, state)`` of up to ``limit`` tasks ordered by sequence: a
-        cheap scan for what is new (no record decoded where the backend can avoid it).
+        """``(sequence, task_id, state)`` of up to ``limit`` tasks (of ``state``, if given)
+        ordered by sequence: a cheap scan for what is new (no record decoded where the
+        backend can avoid it).
 
         ``after_sequence`` pages through, as in :meth:`list_tasks`.
         """
         return [
             (record.sequence, record.task_id, record.state)
-            for record in self.list_tasks(None, limit, after_sequence=after_sequence)
+            for record in self.list_tasks(state, limit, after_sequence=after_sequence)
         ]
 
     @abstractmethod

@@ -515,6 +515,9 @@ def test_list_heads_gives_sequence_id_and_state_in_order_and_pages(store: TaskSt
     assert store.list_heads() == heads
     assert store.list_heads(4) == heads[:4]
     assert store.list_heads(3, after_sequence=stored[4].sequence) == heads[5:8]
+    queued = [h for h in heads if h[2] is TaskState.QUEUED]
+    assert store.list_heads(state=TaskState.QUEUED) == queued
+    assert store.list_heads(1, after_sequence=queued[0][0], state=TaskState.QUEUED) == queued[1:2]
     done = store.get(stored[0].task_id)
     assert done is not None
     store.update([done.moved(TaskState.ASSIGNED, at=done.updated_at, agent_id="a")])

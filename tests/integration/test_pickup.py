@@ -116,7 +116,7 @@ def test_a_dead_letter_requeued_by_another_process_is_run_again(
         assert other.requeue_dead_letters() == 1  # re-queued with its old sequence
     finally:
         other.stop(drain=False)
-    wait_for(lambda: executed[handle.task_id] == 2)  # found by a full look
+    wait_for(lambda: executed[handle.task_id] == 2)  # found by the sweep of older tasks
     assert worker.wait(handle.task_id, WAIT_S).state is TaskState.DEAD_LETTERED
 
 
@@ -176,5 +176,39 @@ def test_a_long_backlog_is_looked_through_a_bounded_stretch_at_a_time(
         runner.register_agent(AgentSpec(agent_id="a", capabilities={"t"}), lambda task: None)
         for task_id in own + foreign:
             assert runner.wait(task_id, WAIT_S).state is TaskState.COMPLETED
+    finally:
+        runner.stop(drain=False)
+
+
+def test_the_sweep_finds_an_old_requeued_task_a_stretch_at_a_time(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A task re-queued by another process keeps its old sequence, below what the looks
+    # have seen: only the sweep through older QUEUED tasks finds it, _SWEEP_PAGES pages of
+    # _PICKUP_PAGE heads per look (so a big backlog never makes one look long).
+    import actors.journal.actor as journal_actor
+
+    monkeypatch.setattr(journal_actor, "_PICKUP_PAGE", 10)
+    monkeypatch.setattr(journal_actor, "_SWEEP_PAGES", 1)
+    runner = TaskRunner.start(RunnerConfig(store=url, pickup_interval_s=3600))  # looks: ours
+
+    def fail(task: TaskContext) -> None:
+        raise PermanentError("told to fail")
+
+    try:
+        runner.submit_many([{"type": "waits"}] * 35)  # own, QUEUED: no agent for them
+        runner.register_agent(AgentSpec(agent_id="f", capabilities={"fails"}), fail)
+        dead = runner.submit(type="fails")
+        assert runner.wait(dead.task_id, WAIT_S).state is TaskState.DEAD_LETTERED
+        journal = runner._peers.get("journal")
+        assert journal.ask(Pickup(), timeout=WAIT_S) == 0  # seen all 36; swept heads 1-10
+        other = submitter(url)
+        try:
+            assert other.requeue_dead_letters() == 1
+        finally:
+            other.stop(drain=False)
+        looks = [journal.ask(Pickup(), timeout=WAIT_S) for _ in range(5)]
+        assert looks == [0, 0, 1, 0, 0]  # heads 11-20, 21-30, then 31-36 with it
+        assert runner.wait(dead.task_id, WAIT_S).state is TaskState.DEAD_LETTERED  # ran again
     finally:
         runner.stop(drain=False)
