@@ -55,6 +55,7 @@ UNITS: dict[str, str] = {
     SINGLE_SUBMIT_METRIC: "tasks/s",
     BYTES_METRIC: "bytes",
     **{f"end_to_end_ms_{p}": "ms" for p in LATENCY_PERCENTILES},
+    **{f"route_assign_ms_{p}": "ms" for p in LATENCY_PERCENTILES},
 }
 RATIO_UNIT = "x"
 RATIO_MARK = "ratio_to_"

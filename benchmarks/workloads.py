@@ -264,12 +264,22 @@ def run_paced_latency(
         result = call_with_timeout(lambda: system.paced_latency(rate_per_s, n), limit)
         e2e = result["end_to_end_ms"]
         metrics = {f"end_to_end_ms_{p}": float(e2e[p]) for p in ("p50", "p95", "p99")}
+        route = result.get("route_assign_ms")  # Arbiter only: ready in queue -> assigned
+        if route is not None:
+            metrics.update({f"route_assign_ms_{p}": float(route[p]) for p in ("p50", "p95", "p99")})
     except Exception as exc:
         log(f"  {name}: {workload} failed: {_describe(exc)}")
         return ErrorEntry(workload, name, _describe(exc))
+    routing = (
+        f"; routing+assignment p50 {metrics['route_assign_ms_p50']:.3f}, "
+        f"p95 {metrics['route_assign_ms_p95']:.3f}, p99 {metrics['route_assign_ms_p99']:.3f} ms"
+        if "route_assign_ms_p50" in metrics
+        else ""
+    )
     log(
         f"  {name}: {workload}: p50 {metrics['end_to_end_ms_p50']:.2f} ms, "
         f"p95 {metrics['end_to_end_ms_p95']:.2f} ms, p99 {metrics['end_to_end_ms_p99']:.2f} ms"
+        + routing
     )
     return Measurement(workload=workload, system=name, metrics=metrics)
 
