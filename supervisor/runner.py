@@ -187,8 +187,9 @@ class RunnerConfig(BaseModel):
     much cyclic garbage before starting the runner and relies on the collector for it."""
     pickup_interval_s: float = Field(default=0.25, gt=0)
     """A SQLite file (a store other processes write to, one runner executes): how often
-    this runner looks for tasks they stored (``arbiter submit`` beside ``arbiter worker``);
-    every 40th look also finds old tasks they re-queued (``retry-dead``). Only when
+    this runner looks for tasks they stored (``arbiter submit`` beside ``arbiter worker``).
+    Each look also sweeps a stretch of the older QUEUED tasks, which finds old tasks they
+    re-queued (``retry-dead``) within a few looks (4,000 queued tasks per look). Only when
     ``recover`` is on: a runner that only submits picks up nothing."""
 
 

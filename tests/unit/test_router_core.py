@@ -521,6 +521,18 @@ def test_routing_never_picks_an_ineligible_agent(
         assert math.isfinite(decision.score)
 
 
+def test_choose_names_the_agent_route_would_and_none_without_one() -> None:
+    agents = [agent("a", load=2), agent("b", load=0), agent("c", load=1)]
+    assert RouterCore("least_loaded").choose(task(), agents) == "b"
+    decision = RouterCore("least_loaded").route(task(), agents)
+    assert decision is not None and decision.agent_id == "b"
+    router = RouterCore("round_robin")
+    assert [router.choose(task(), agents) for _ in range(4)] == ["a", "b", "c", "a"]
+    assert router.choose(task("mail"), agents) is None
+    assert router.statistics()["decisions"] == 4
+    assert router.statistics()["unroutable"] == 1
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     agents=agent_sets(),
