@@ -76,7 +76,10 @@ def add_demo_parser(sub: Any) -> None:
     demo.add_argument("--strategy", default="least_loaded", help="routing strategy")
     demo.add_argument("--seed", type=int, default=None)
     demo.add_argument(
-        "--prefetch", type=float, default=1.0, help="router prefetch per agent (see RunnerConfig)"
+        "--prefetch",
+        type=float,
+        default=1.0,
+        help="tasks each agent holds per slot (see RunnerConfig)",
     )
     demo.add_argument("--timeout", type=float, default=300.0, help="give up after this long")
     demo.add_argument("--json", action="store_true", help="print only the summary, as JSON")
