@@ -152,63 +152,65 @@ def test_tasks_stored_before_the_start_are_recovered_not_picked_up(
         runner.stop(drain=False)
 
 
-def test_a_long_backlog_is_looked_through_a_bounded_stretch_at_a_time(
-    url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Each look reads at most _PICKUP_PAGES pages of _PICKUP_PAGE heads (so a million own
-    # rows never hold the journal for seconds) and the next look goes on from there:
-    # here 2 x 10 heads per look, through 30 own tasks then 50 foreign ones.
+@pytest.fixture
+def asked_only(url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TaskRunner]:
+    """A runner that looks only when the test sends ``Pickup``, with small pages: 10
+    heads a page, 2 pages of new heads and 1 page of the sweep per look."""
     import actors.journal.actor as journal_actor
 
     monkeypatch.setattr(journal_actor, "_PICKUP_PAGE", 10)
     monkeypatch.setattr(journal_actor, "_PICKUP_PAGES", 2)
-    runner = TaskRunner.start(RunnerConfig(store=url, pickup_interval_s=3600))  # looks: ours
+    monkeypatch.setattr(journal_actor, "_SWEEP_PAGES", 1)
+    runner = TaskRunner.start(RunnerConfig(store=url, pickup_interval_s=3600))
+    yield runner
+    runner.stop(drain=False)
+
+
+def looks(runner: TaskRunner, count: int) -> list[int]:
+    """What each of ``count`` looks, asked one after the other, queued."""
+    journal = runner._peers.get("journal")
+    return [journal.ask(Pickup(), timeout=WAIT_S) for _ in range(count)]
+
+
+def test_a_long_backlog_is_looked_through_a_bounded_stretch_at_a_time(
+    asked_only: TaskRunner, url: str
+) -> None:
+    # Each look reads at most _PICKUP_PAGES pages of _PICKUP_PAGE heads (so a million own
+    # rows never hold the journal for seconds) and the next look goes on from there:
+    # here 2 x 10 heads per look, through 30 own tasks then 50 foreign ones.
+    runner = asked_only
+    own = [h.task_id for h in runner.submit_many([{"type": "t"}] * 30)]
+    other = submitter(url)
     try:
-        own = [h.task_id for h in runner.submit_many([{"type": "t"}] * 30)]
-        other = submitter(url)
-        try:
-            foreign = [h.task_id for h in other.submit_many([{"type": "t"}] * 50)]
-        finally:
-            other.stop(drain=False)
-        journal = runner._peers.get("journal")
-        looks = [journal.ask(Pickup(), timeout=WAIT_S) for _ in range(5)]
-        assert looks == [0, 10, 20, 20, 0]  # heads 1-20 own, 21-40 half, then foreign
-        runner.register_agent(AgentSpec(agent_id="a", capabilities={"t"}), lambda task: None)
-        for task_id in own + foreign:
-            assert runner.wait(task_id, WAIT_S).state is TaskState.COMPLETED
+        foreign = [h.task_id for h in other.submit_many([{"type": "t"}] * 50)]
     finally:
-        runner.stop(drain=False)
+        other.stop(drain=False)
+    assert looks(runner, 5) == [0, 10, 20, 20, 0]  # heads 1-20 own, 21-40 half, then foreign
+    runner.register_agent(AgentSpec(agent_id="a", capabilities={"t"}), lambda task: None)
+    for task_id in own + foreign:
+        assert runner.wait(task_id, WAIT_S).state is TaskState.COMPLETED
 
 
 def test_the_sweep_finds_an_old_requeued_task_a_stretch_at_a_time(
-    url: str, monkeypatch: pytest.MonkeyPatch
+    asked_only: TaskRunner, url: str
 ) -> None:
     # A task re-queued by another process keeps its old sequence, below what the looks
     # have seen: only the sweep through older QUEUED tasks finds it, _SWEEP_PAGES pages of
     # _PICKUP_PAGE heads per look (so a big backlog never makes one look long).
-    import actors.journal.actor as journal_actor
-
-    monkeypatch.setattr(journal_actor, "_PICKUP_PAGE", 10)
-    monkeypatch.setattr(journal_actor, "_SWEEP_PAGES", 1)
-    runner = TaskRunner.start(RunnerConfig(store=url, pickup_interval_s=3600))  # looks: ours
+    runner = asked_only
 
     def fail(task: TaskContext) -> None:
         raise PermanentError("told to fail")
 
+    runner.submit_many([{"type": "waits"}] * 35)  # own, QUEUED: no agent for them
+    runner.register_agent(AgentSpec(agent_id="f", capabilities={"fails"}), fail)
+    dead = runner.submit(type="fails")
+    assert runner.wait(dead.task_id, WAIT_S).state is TaskState.DEAD_LETTERED
+    assert looks(runner, 2) == [0, 0]  # seen all 36 (2 pages each); swept heads 1-20
+    other = submitter(url)
     try:
-        runner.submit_many([{"type": "waits"}] * 35)  # own, QUEUED: no agent for them
-        runner.register_agent(AgentSpec(agent_id="f", capabilities={"fails"}), fail)
-        dead = runner.submit(type="fails")
-        assert runner.wait(dead.task_id, WAIT_S).state is TaskState.DEAD_LETTERED
-        journal = runner._peers.get("journal")
-        assert journal.ask(Pickup(), timeout=WAIT_S) == 0  # seen all 36; swept heads 1-10
-        other = submitter(url)
-        try:
-            assert other.requeue_dead_letters() == 1
-        finally:
-            other.stop(drain=False)
-        looks = [journal.ask(Pickup(), timeout=WAIT_S) for _ in range(5)]
-        assert looks == [0, 0, 1, 0, 0]  # heads 11-20, 21-30, then 31-36 with it
-        assert runner.wait(dead.task_id, WAIT_S).state is TaskState.DEAD_LETTERED  # ran again
+        assert other.requeue_dead_letters() == 1
     finally:
-        runner.stop(drain=False)
+        other.stop(drain=False)
+    assert looks(runner, 4) == [0, 1, 0, 0]  # heads 21-30, then 31-36 with it
+    assert runner.wait(dead.task_id, WAIT_S).state is TaskState.DEAD_LETTERED  # ran again
