@@ -1,7 +1,9 @@
 """PostgreSQL faults: down at start, restarted mid-run, a stalled or slow network, a lock
-held too long. Without touching this machine's PostgreSQL: the runners connect through a
-TCP proxy (``tests.faultproxy``) that the tests break and mend, so to the runner the
-database goes away and comes back exactly as in a restart (connections cut, then refused).
+held too long. Mostly without touching this machine's PostgreSQL: the runners connect
+through a TCP proxy (``tests.faultproxy``) that the tests break and mend, so to the runner
+the database goes away and comes back as in a restart (connections cut, then refused).
+One test restarts the real server with ``pg_ctlcluster`` (where it can) and always starts
+it again before it ends.
 
 Each test has its own schema, dropped afterwards; they skip when PostgreSQL is
 unreachable and fail instead when the environment variable ``CI`` is set.
@@ -9,6 +11,8 @@ unreachable and fail instead when the environment variable ``CI`` is set.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +25,12 @@ from messages.errors import StoreError
 from supervisor import RunnerConfig, TaskContext, TaskRunner
 from tests.conftest import WAIT_S, wait_for
 from tests.faultproxy import FaultProxy, fault_proxy
-from tests.integration.test_journal_contract import postgres_schema, run_sql
+from tests.integration.test_journal_contract import (
+    POSTGRES_URL,
+    postgres_schema,
+    postgres_unreachable,
+    run_sql,
+)
 
 pytest.importorskip("psycopg")
 
@@ -165,6 +174,73 @@ def test_a_database_restart_mid_run_loses_no_task(
     (recovered,) = events(logs, "journal.store_recovered")
     assert recovered["attempts"] >= 2
     assert all(SECRET not in str(entry) for entry in logs)
+
+
+def local_cluster() -> list[str] | None:
+    """``pg_ctlcluster`` arguments of this machine's PostgreSQL cluster on port 5432, or
+    None when the test cannot restart the server (no such tool, no such cluster, the
+    test database elsewhere)."""
+    if shutil.which("pg_ctlcluster") is None or shutil.which("pg_lsclusters") is None:
+        return None
+    if "127.0.0.1:5432" not in POSTGRES_URL and "localhost:5432" not in POSTGRES_URL:
+        return None
+    listed = subprocess.run(
+        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=False
+    )
+    for line in listed.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] == "5432" and fields[3] == "online":
+            return ["pg_ctlcluster", "--skip-systemctl-redirect", fields[0], fields[1]]
+    return None
+
+
+def test_a_real_postgresql_restart_mid_run_loses_no_task(
+    schema: str, logs: list[dict[str, Any]]
+) -> None:
+    """The real thing, not the proxy: this machine's PostgreSQL is restarted (and always
+    brought back) while 8 tasks run and 32 wait in the store. The runner reconnects and
+    every task completes once."""
+    cluster = local_cluster()
+    if cluster is None:
+        pytest.skip("cannot restart the local PostgreSQL here (pg_ctlcluster, port 5432)")
+    gate = threading.Event()
+    running = threading.Semaphore(0)
+
+    def handler(task: TaskContext) -> int:
+        running.release()
+        assert gate.wait(WAIT_S * 3)
+        return int(task.payload["n"])
+
+    url = f"{POSTGRES_URL}?schema={schema}&connect_timeout=1"
+    runner = TaskRunner.start(RunnerConfig(store=url, claim_interval_s=0.05))
+    restarted: list[subprocess.CompletedProcess[str]] = []
+    try:
+        runner.register_agent(
+            AgentSpec(agent_id="a", capabilities={"t"}, max_concurrency=8), handler
+        )
+        handles = runner.submit_many({"type": "t", "payload": {"n": n}} for n in range(40))
+        for _ in range(8):
+            assert running.acquire(timeout=WAIT_S)
+        restart = threading.Thread(
+            target=lambda: restarted.append(
+                subprocess.run([*cluster, "restart"], capture_output=True, text=True, timeout=120)
+            )
+        )
+        restart.start()
+        gate.set()  # the 8 finish while the server goes down and comes back
+        restart.join(150)
+        assert restarted and restarted[0].returncode == 0, restarted
+        wait_for(lambda: counts(schema).get("COMPLETED", 0) == 40, timeout=6 * WAIT_S)
+        results = sorted(handle.result(WAIT_S) for handle in handles)
+    finally:
+        gate.set()
+        runner.stop(drain=False)
+        # Whatever happened above, leave the server running for the tests after this one.
+        subprocess.run([*cluster, "start"], capture_output=True, timeout=120, check=False)
+        wait_for(lambda: postgres_unreachable() is None, timeout=6 * WAIT_S)
+    assert results == list(range(40))
+    assert counts(schema) == {"COMPLETED": 40}
+    assert events(logs, "store.listen_failed")  # the restart did reach the runner
 
 
 def test_an_outage_longer_than_store_outage_s_reaches_the_supervisor(
