@@ -155,10 +155,8 @@ class HealthActor(Actor):
             if watched_actor is None or watched_actor.supervisor is None:
                 continue
             state.reported += 1
-            self.context.log.warning(
-                "health.unresponsive", component=name, silent_s=state.core.silent_for(name, now)
-            )
             silent_s = state.core.silent_for(name, now)
+            self.context.log.warning("health.unresponsive", component=name, silent_s=silent_s)
             watched_actor.supervisor.tell(ReportUnresponsive.fast(child=name, busy_s=silent_s))
 
     def _run_checks(self, now: float) -> list[HealthChanged]:

@@ -35,7 +35,7 @@ class AgentView(Message):
     @property
     def free_slots(self) -> int:
         """How many more tasks the agent can take now (into a slot or its buffer)."""
-        return max(0, self.max_concurrency + self.buffer - self.load)
+        return max(0, self.capacity - self.load)
 
 
 class Alternative(Message):

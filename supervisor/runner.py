@@ -166,8 +166,9 @@ class RunnerConfig(BaseModel):
     only for a free slot, so priorities are strict. 2.0 (as Dramatiq prefetches): more
     throughput on short tasks, but a task taken early runs before a higher-priority one
     submitted after it, and a buffered task waits for its agent even if another is idle
-    (Celery's prefetch trade-off). Buffered tasks are ASSIGNED, not RUNNING; a crash or
-    a deregistration gives them back to the queue with no attempt counted."""
+    (Celery's prefetch trade-off). Buffered tasks are ASSIGNED, not RUNNING, and count no
+    attempt: an agent crash keeps them in its line, a deregistration gives them back to
+    the queue."""
     seed: int | None = None
     lease_s: float = Field(default=30.0, gt=0, le=86_400)
     """Shared store: how long a claimed task stays this runner's without a renewal

@@ -298,29 +298,33 @@ class JournalActor(Actor):
         found: list[TaskRecord] = []
         # Scan light (sequence, id, state) heads, not records: most rows are this runner's
         # own (a bulk submit can add a million), and only the others are read in full.
-        # Say "busy" between pages, so that a long look is never taken for a hang.
+        # Say "busy" between pages, so that a long look is never taken for a hang, and end
+        # the look early when the supervisor waits for the journal (a stop): the next look
+        # goes on from where this one stopped.
         after = state.watermark
+        wanted = True
         for _ in range(_PICKUP_PAGES):
             heads = store.list_heads(_PICKUP_PAGE, after_sequence=after)
             if not heads:
                 break
             after = heads[-1][0]
             found += self._foreign(heads, local)
-            self.context.still_busy()
+            if not (wanted := self.context.still_busy()):
+                break
         state.watermark = max(state.watermark, after)
         swept = 0 if full else state.sweep
-        for _ in range(_UNBOUNDED if full else _SWEEP_PAGES):
+        for _ in range(_UNBOUNDED if full else _SWEEP_PAGES) if wanted else ():
             heads = store.list_heads(_PICKUP_PAGE, after_sequence=swept, state=TaskState.QUEUED)
             if heads:
                 swept = heads[-1][0]
                 found += self._foreign(heads, local)
-                self.context.still_busy()
             if len(heads) < _PICKUP_PAGE or swept >= state.watermark:
                 swept = 0  # the end: the next sweep starts again from the oldest
                 break
+            if not self.context.still_busy():
+                break
         state.sweep = swept
-        if found:
-            local.update(record.task_id for record in found)
+        if found:  # _foreign has added them to ``local`` already
             state.picked_up += len(found)
             self.peers.get("queue").tell(
                 Enqueue.fast(records=tuple(found), admitted=False, redelivered=False)
