@@ -156,7 +156,8 @@ class Message(BaseModel):
         """
         shape = _SHAPES.get(cls) or _shape(cls)
         keys = values.keys()
-        if not (shape.required <= keys and keys <= shape.allowed):
+        every = len(keys) == len(shape.allowed)
+        if not (shape.allowed.issuperset(keys) and (every or shape.required <= keys)):
             raise TypeError(
                 f"{cls.__name__}.fast: unknown {sorted(keys - shape.allowed)}, "
                 f"missing {sorted(shape.required - keys)}"
@@ -164,15 +165,10 @@ class Message(BaseModel):
         data = shape.template.copy()  # the defaults, in a compact dict
         data.update(values)
         message = cls.__new__(cls)
-        _set = object.__setattr__
-        _set(message, "__dict__", data)
-        _set(
-            message,
-            "__pydantic_fields_set__",
-            shape.every if len(keys) == len(shape.allowed) else set(keys),
-        )
-        _set(message, "__pydantic_extra__", None)
-        _set(message, "__pydantic_private__", None)
+        _set_dict(message, "__dict__", data)
+        _set_fields_set(message, shape.every if every else set(keys))
+        _set_extra(message, None)
+        _set_private(message, None)
         return message
 
     def evolve(self, **changes: Any) -> Self:
@@ -185,19 +181,26 @@ class Message(BaseModel):
         """
         cls = type(self)
         shape = _SHAPES.get(cls) or _shape(cls)
-        if not changes.keys() <= shape.allowed:
+        if not shape.allowed.issuperset(changes):
             raise TypeError(
                 f"{cls.__name__}.evolve: unknown {sorted(changes.keys() - shape.allowed)}"
             )
         data = self.__dict__.copy()
         data.update(changes)
         copy = cls.__new__(cls)
-        _set = object.__setattr__
-        _set(copy, "__dict__", data)
-        _set(copy, "__pydantic_fields_set__", shape.every)
-        _set(copy, "__pydantic_extra__", None)
-        _set(copy, "__pydantic_private__", None)
+        _set_dict(copy, "__dict__", data)
+        _set_fields_set(copy, shape.every)
+        _set_extra(copy, None)
+        _set_private(copy, None)
         return copy
+
+
+# The slots every pydantic model has, set through their descriptors (cheaper than
+# ``object.__setattr__`` by name; the hot path builds several messages per task).
+_set_dict = object.__setattr__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 class _Shape:
