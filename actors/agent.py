@@ -2,7 +2,8 @@
 
 A sync handler runs on the agent's thread pool (``max_concurrency`` threads); an async
 handler runs on the agent's own event loop thread. Either way the executor actor never
-blocks: each attempt reports back with a :class:`~messages.pipeline.Finished` message, and
+blocks: each ended attempt goes into the executor's completion line, rung with one
+:class:`~messages.pipeline.WorkDone` however many end before the executor looks, and
 the executor records the outcome, releases the slot at the router and hands failures to
 the retry scheduler, all in batches.
 
@@ -21,30 +22,31 @@ import queue
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from actors.base import Actor
 from actors.cell import ActorRef
 from actors.pipeline import HeldReports, TickTimer, Wiring, ring
-from messages.base import freeze_json, thaw_json
+from messages.base import EMPTY_FROZEN_DICT, freeze_json, thaw_json
 from messages.errors import PermanentError
 from messages.pipeline import (
-    AgentOutcome,
     Assign,
     CancelTask,
     Enqueue,
-    Finished,
     InjectCrash,
+    OutcomeItem,
     Outcomes,
     Persist,
     Released,
     RetryTask,
     Tick,
     TimeoutCheck,
+    WorkDone,
 )
 from messages.task import AgentSpec, Attempt, TaskRecord, TaskState
 
@@ -53,39 +55,102 @@ __all__ = ["AgentExecutor", "AgentState", "TaskContext"]
 _ERROR_LIMIT = 2000
 
 
-@dataclass(frozen=True)
 class TaskContext:
     """What a handler gets: ``def handler(task: TaskContext) -> result``.
 
-    ``payload`` is a plain (mutable, private) copy of the task's JSON payload. A long
-    handler should poll :meth:`is_cancelled` and return early when it is set (the task
-    was cancelled or timed out; cancellation is cooperative for sync handlers).
+    Read-only attributes: ``task_id``, ``type``, ``payload``, ``attempt``, ``agent_id``,
+    ``idempotency_key``, ``deadline`` and ``trace_context``. ``payload`` is a plain
+    (mutable, private) copy of the task's JSON payload. A long handler should poll
+    :meth:`is_cancelled` and return early when it is set (the task was cancelled or timed
+    out; cancellation is cooperative for sync handlers).
+
+    A slotted class rather than a frozen dataclass: one is made per attempt, and this
+    costs a fifth as much.
     """
 
+    __slots__ = (
+        "_cancelled",
+        "agent_id",
+        "attempt",
+        "deadline",
+        "idempotency_key",
+        "payload",
+        "task_id",
+        "trace_context",
+        "type",
+    )
     task_id: uuid.UUID
     type: str
     payload: Any
     attempt: int
     agent_id: str
-    idempotency_key: str | None = None
-    deadline: datetime | None = None
-    trace_context: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str | None
+    deadline: datetime | None
+    trace_context: dict[str, str]
     # A one-element list rather than an Event: set once by the executor, read by the
     # handler; a single reference store, so no lock is needed, and it is cheap to make.
-    _cancelled: list[bool] = field(default_factory=lambda: [False], repr=False)
+    _cancelled: list[bool]
+
+    def __init__(
+        self,
+        task_id: uuid.UUID,
+        type: str,
+        payload: Any,
+        attempt: int,
+        agent_id: str,
+        idempotency_key: str | None = None,
+        deadline: datetime | None = None,
+        trace_context: dict[str, str] | None = None,
+    ) -> None:
+        _put = _SET_SLOT
+        _put["task_id"](self, task_id)
+        _put["type"](self, type)
+        _put["payload"](self, payload)
+        _put["attempt"](self, attempt)
+        _put["agent_id"](self, agent_id)
+        _put["idempotency_key"](self, idempotency_key)
+        _put["deadline"](self, deadline)
+        _put["trace_context"](self, {} if trace_context is None else trace_context)
+        _put["_cancelled"](self, [False])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"TaskContext is read-only (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"TaskContext is read-only (cannot delete {name!r})")
+
+    def __repr__(self) -> str:
+        return (
+            f"TaskContext(task_id={self.task_id!s}, type={self.type!r}, "
+            f"attempt={self.attempt}, agent_id={self.agent_id!r})"
+        )
 
     def is_cancelled(self) -> bool:
         """True once the attempt was cancelled or timed out."""
         return self._cancelled[0]
 
 
-@dataclass
+# Each slot's setter (the class's own ``__setattr__`` refuses every assignment).
+_SET_SLOT: Final = {name: getattr(TaskContext, name).__set__ for name in TaskContext.__slots__}
+
+_Done = tuple[TaskContext, bool, Any, str | None, str | None, bool, float]
+"""An ended attempt in the completion line: ``(context, ok, result, error, error_type,
+permanent, ended)``; ``result`` is frozen JSON, ``ended`` the monotonic end time."""
+
+_WORK_DONE: Final = WorkDone.fast()
+
+
 class _Run:
-    record: TaskRecord  # RUNNING
-    started: float  # monotonic
-    context: TaskContext
-    future: Future[Any] | None = None
-    deadline: float | None = None  # timer-service monotonic time the attempt times out at
+    """One running attempt."""
+
+    __slots__ = ("context", "deadline", "future", "record", "started")
+
+    def __init__(self, record: TaskRecord, started: float, context: TaskContext) -> None:
+        self.record = record  # RUNNING
+        self.started = started  # monotonic
+        self.context = context
+        self.future: Future[Any] | None = None
+        self.deadline: float | None = None  # timer-service monotonic time it times out at
 
 
 @dataclass
@@ -101,12 +166,18 @@ class AgentState:
     unreleased: list[tuple[uuid.UUID, str, bool, float]] = field(default_factory=list)
     """Slots freed and not yet told to the router: while the waiting line holds more than
     was freed a refill is not urgent, so they go out together, in one message."""
-    unreported: HeldReports[AgentOutcome] = field(default_factory=HeldReports)
+    unreported: HeldReports[OutcomeItem] = field(default_factory=HeldReports)
     """Outcomes not yet sent to the performance tracker (in batches, within 0.1 s)."""
     report_timer: TickTimer = field(default_factory=TickTimer)
     given_back: dict[uuid.UUID, int] = field(default_factory=dict)
     """Attempts a crashed incarnation left running, given back by its successor (task id
     -> attempt): an Assign redelivered after the crash must not start them again."""
+    done: deque[_Done] = field(default_factory=deque)
+    """Attempts ended and not yet taken by the executor (appended by handler threads)."""
+    rung: bool = False
+    """True while a WorkDone is on its way: later completions need not ring again."""
+    ref: ActorRef | None = None  # the executor's own reference (stable across restarts)
+    monotonic: Callable[[], float] = time.monotonic
     pool: _Workers | None = None
     loop: asyncio.AbstractEventLoop | None = None
     loop_thread: threading.Thread | None = None
@@ -126,8 +197,21 @@ class AgentState:
     def __post_init__(self) -> None:
         self.is_async = inspect.iscoroutinefunction(self.handler)
 
-    def start_workers(self) -> None:
-        """Create the pool or the loop thread (once; they outlive restarts)."""
+    def report_done(self, done: _Done) -> None:
+        """On a handler's thread: put an ended attempt in the completion line and ring the
+        executor unless a ring is already on its way. The executor clears ``rung`` before
+        it empties the line, so no completion is ever left without a ring."""
+        self.done.append(done)
+        if not self.rung:
+            self.rung = True
+            assert self.ref is not None
+            ring(self.ref, _WORK_DONE)
+
+    def start_workers(self, ref: ActorRef, monotonic: Callable[[], float]) -> None:
+        """Create the pool or the loop thread (once; they outlive restarts). ``monotonic``
+        is the runner clock's, which times the attempts."""
+        self.ref = ref
+        self.monotonic = monotonic
         if self.is_async:
             if self.loop is None:
                 loop = asyncio.new_event_loop()
@@ -137,7 +221,13 @@ class AgentState:
                 thread.start()
                 self.loop, self.loop_thread = loop, thread
         elif self.pool is None:
-            self.pool = _Workers(self.handler, self.spec.max_concurrency, self.spec.agent_id)
+            self.pool = _Workers(
+                self.handler,
+                self.spec.max_concurrency,
+                self.spec.agent_id,
+                self.report_done,
+                monotonic,
+            )
 
     def stop_workers(self) -> None:
         """Stop the pool / loop without waiting for running handlers."""
@@ -156,7 +246,7 @@ class _Out:
     requeue: list[tuple[TaskRecord, str]] = field(default_factory=list)
     unstarted: list[TaskRecord] = field(default_factory=list)  # back to the queue, QUEUED
     released: list[tuple[uuid.UUID, str, bool, float]] = field(default_factory=list)
-    outcomes: list[AgentOutcome] = field(default_factory=list)
+    outcomes: list[OutcomeItem] = field(default_factory=list)
 
 
 class AgentExecutor(Actor):
@@ -169,9 +259,16 @@ class AgentExecutor(Actor):
 
     # -- lifecycle ------------------------------------------------------------------------
     def on_start(self) -> None:
-        self.state.start_workers()
+        self.state.start_workers(self.context.self_ref, self.wiring.clock.monotonic)
         state = self.state
         state.given_back.clear()
+        # Attempts that ended before the crash are recorded first (their ring may have
+        # been lost with the failed incarnation's batch).
+        state.rung = False
+        if state.done:
+            out = _Out()
+            self._take_done(out)
+            self._flush(out)
         if state.running:
             # The previous incarnation crashed with attempts in flight: give them back
             # (attempt counted). Tasks in the waiting line never started: they stay, and
@@ -224,8 +321,8 @@ class AgentExecutor(Actor):
         return answer
 
     def _handle(self, message: Any, out: _Out) -> Any:
-        if isinstance(message, Finished):
-            self._finished(message, out)
+        if message is _WORK_DONE or isinstance(message, WorkDone):
+            self._take_done(out)
         elif isinstance(message, Assign):
             self._assign(message, out)
         elif isinstance(message, TimeoutCheck):
@@ -270,113 +367,116 @@ class AgentExecutor(Actor):
         clock = self.wiring.clock
         now = clock.now()
         mono = clock.monotonic()
-        ref = self.context.self_ref
         hub = self.wiring.hub
+        publish = hub.active
         agent_id = state.spec.agent_id
+        running_now = state.running
+        persist = out.persist
+        launch = self._launch
         while waiting and free > 0:
             task_id = next(iter(waiting))
             record = waiting[task_id]  # off the line only once it runs (crash safety)
             free -= 1
             running = record.moved(TaskState.RUNNING, at=now, attempt=record.attempt + 1)
             spec = running.spec
+            payload = spec.payload
+            trace = spec.trace_context
             context = TaskContext(
-                task_id=running.task_id,
-                type=spec.type,
-                payload=thaw_json(spec.payload),
-                attempt=running.attempt,
-                agent_id=agent_id,
-                idempotency_key=spec.idempotency_key,
-                deadline=spec.deadline,
-                trace_context=dict(spec.trace_context),
+                task_id,
+                spec.type,
+                {} if payload is EMPTY_FROZEN_DICT else thaw_json(payload),
+                running.attempt,
+                agent_id,
+                spec.idempotency_key,
+                spec.deadline,
+                {} if trace is EMPTY_FROZEN_DICT else dict(trace),
             )
             run = _Run(running, mono, context)
-            state.running[running.task_id] = run
+            running_now[task_id] = run
             del waiting[task_id]
-            out.persist.append(running)
-            if hub.active:
-                hub.publish(
-                    "task.started", running.task_id, agent_id=agent_id, attempt=running.attempt
-                )
-            run.future = self._launch(context, ref)
+            persist.append(running)
+            if publish:
+                hub.publish("task.started", task_id, agent_id=agent_id, attempt=running.attempt)
+            run.future = launch(context)
             if spec.timeout_s is not None:
-                run.deadline = time.monotonic() + spec.timeout_s
-                if state.timeout_due is None or run.deadline < state.timeout_due:
-                    self._arm_timeout(run.deadline)
+                # Timer-service time (the clock may be a test's: latencies use it).
+                run.deadline = deadline = time.monotonic() + spec.timeout_s
+                if state.timeout_due is None or deadline < state.timeout_due:
+                    self._arm_timeout(deadline)
 
-    def _launch(self, context: TaskContext, ref: ActorRef) -> Future[Any] | None:
+    def _launch(self, context: TaskContext) -> Future[Any] | None:
         state = self.state
-        clock = self.wiring.clock
         if not state.is_async:
             assert state.pool is not None
-            state.pool.submit(context, ref, clock)
+            state.pool.submit(context)
             return None
         assert state.loop is not None
         future: Future[Any] = asyncio.run_coroutine_threadsafe(state.handler(context), state.loop)
+        report = state.report_done
+        monotonic = state.monotonic
 
         def done(fut: Future[Any]) -> None:
-            ref.tell(_finished_message(context, fut, clock.monotonic()))
+            report(_async_outcome(context, fut, monotonic()))
 
         future.add_done_callback(done)
         return future
 
-    def _finished(self, message: Finished, out: _Out) -> None:
+    def _take_done(self, out: _Out) -> None:
+        """Record every ended attempt in the completion line (rung by a WorkDone)."""
         state = self.state
-        run = state.running.get(message.task_id)
-        if run is None or run.record.attempt != message.attempt:
-            state.zombies += 1  # timed out, cancelled or requeued while it ran
+        state.rung = False  # before taking: a completion appended after this rings again
+        line = state.done
+        if not line:
             return
-        del state.running[message.task_id]
-        clock = self.wiring.clock
-        now = clock.now()
-        record = run.record
-        latency_ms = max(0.0, (message.ended - run.started) * 1000.0)
-        agent_id = state.spec.agent_id
-        attempt = _attempt(
-            record, agent_id, now, "completed" if message.ok else "failed", message.error
-        )
+        running = state.running
+        now = self.wiring.clock.now()
         hub = self.wiring.hub
-        if message.ok:
-            done = record.moved(
-                TaskState.COMPLETED,
-                at=now,
-                result=message.result,
-                last_error=None,
-                history=(*record.history, attempt),
-            )
-            out.persist.append(done)
-            state.completed += 1
-            if hub.active:
-                hub.publish(
-                    "task.completed", record.task_id, agent_id=agent_id, latency_ms=latency_ms
+        publish = hub.active
+        agent_id = state.spec.agent_id
+        persist = out.persist
+        released = out.released
+        outcomes = out.outcomes
+        while line:
+            context, ok, result, error, error_type, permanent, ended = line.popleft()
+            task_id = context.task_id
+            run = running.get(task_id)
+            if run is None or run.record.attempt != context.attempt:
+                state.zombies += 1  # timed out, cancelled or requeued while it ran
+                continue
+            del running[task_id]
+            record = run.record
+            task_type = record.spec.type
+            latency_ms = max(0.0, (ended - run.started) * 1000.0)
+            history = (*record.history, _attempt(record, agent_id, now, ok, error))
+            if ok:
+                persist.append(
+                    record.moved(
+                        TaskState.COMPLETED,
+                        at=now,
+                        result=result,
+                        last_error=None,
+                        history=history,
+                    )
                 )
-        else:
-            failed = record.moved(
-                TaskState.FAILED,
-                at=now,
-                last_error=message.error,
-                history=(*record.history, attempt),
-            )
-            out.retry.append((failed, message.permanent, message.error_type or "Exception"))
-            state.failed += 1
-            if hub.active:
-                hub.publish(
-                    "task.failed",
-                    record.task_id,
-                    agent_id=agent_id,
-                    attempt=record.attempt,
-                    error=message.error,
-                )
-        out.released.append((record.task_id, record.spec.type, message.ok, latency_ms))
-        end_to_end = (now - record.created_at).total_seconds() * 1000.0
-        out.outcomes.append(
-            AgentOutcome.fast(
-                agent_id=agent_id,
-                task_type=record.spec.type,
-                success=message.ok,
-                latency_ms=latency_ms,
-                end_to_end_ms=end_to_end if message.ok else None,
-            )
-        )
+                state.completed += 1
+                end_to_end: float | None = (now - record.created_at).total_seconds() * 1000.0
+                if publish:
+                    hub.publish("task.completed", task_id, agent_id=agent_id, latency_ms=latency_ms)
+            else:
+                failed = record.moved(TaskState.FAILED, at=now, last_error=error, history=history)
+                out.retry.append((failed, permanent, error_type or "Exception"))
+                state.failed += 1
+                end_to_end = None
+                if publish:
+                    hub.publish(
+                        "task.failed",
+                        task_id,
+                        agent_id=agent_id,
+                        attempt=record.attempt,
+                        error=error,
+                    )
+            released.append((task_id, task_type, ok, latency_ms))
+            outcomes.append((agent_id, task_type, ok, latency_ms, end_to_end))
 
     def _arm_timeout(self, due: float) -> None:
         """Arm the agent's timeout timer for ``due`` (replacing a later one)."""
@@ -534,9 +634,14 @@ class AgentExecutor(Actor):
 
 
 def _attempt(
-    record: TaskRecord, agent_id: str, now: datetime, outcome: str, error: str | None
+    record: TaskRecord, agent_id: str, now: datetime, outcome: str | bool, error: str | None
 ) -> Attempt:
-    """The history entry of the attempt ``record`` (RUNNING since its ``updated_at``)."""
+    """The history entry of the attempt ``record`` (RUNNING since its ``updated_at``);
+    ``outcome`` True / False stands for "completed" / "failed"."""
+    if outcome is True:
+        outcome = "completed"
+    elif outcome is False:
+        outcome = "failed"
     return Attempt.fast(
         number=record.attempt,
         agent_id=agent_id,
@@ -551,14 +656,21 @@ class _Workers:
     """``size`` threads running a sync handler on jobs from one queue.
 
     Lighter than a ThreadPoolExecutor on the hot path (no Future per task): a job is a
-    queue put, and the result goes straight to the executor's mailbox as Finished.
+    queue put, and each outcome goes to the executor's completion line (``report``).
     """
 
-    def __init__(self, handler: Callable[[TaskContext], Any], size: int, name: str) -> None:
+    def __init__(
+        self,
+        handler: Callable[[TaskContext], Any],
+        size: int,
+        name: str,
+        report: Callable[[_Done], None],
+        monotonic: Callable[[], float],
+    ) -> None:
         self._handler = handler
-        self._jobs: queue.SimpleQueue[tuple[TaskContext, ActorRef, Any] | None] = (
-            queue.SimpleQueue()
-        )
+        self._report = report
+        self._monotonic = monotonic
+        self._jobs: queue.SimpleQueue[TaskContext | None] = queue.SimpleQueue()
         self._name = name
         self._size = size
         self._lock = threading.Lock()
@@ -581,9 +693,9 @@ class _Workers:
             self._excess += 1
             self._start_thread()
 
-    def submit(self, context: TaskContext, ref: ActorRef, clock: Any) -> None:
-        """Run the handler on ``context`` and tell ``ref`` the outcome."""
-        self._jobs.put((context, ref, clock))
+    def submit(self, context: TaskContext) -> None:
+        """Run the handler on ``context`` and report the outcome."""
+        self._jobs.put(context)
 
     def shutdown(self) -> None:
         """Let every thread end after its current job (not waiting for them)."""
@@ -593,16 +705,18 @@ class _Workers:
 
     def _run(self) -> None:
         handler = self._handler
-        while (job := self._jobs.get()) is not None:
-            context, ref, clock = job
-            if context.is_cancelled():
+        report = self._report
+        get = self._jobs.get
+        monotonic = self._monotonic
+        while (context := get()) is not None:
+            if context._cancelled[0]:
                 continue  # cancelled or timed out before it started
             try:
                 value = handler(context)
             except BaseException as exc:  # noqa: BLE001 - the failure is reported, not lost
-                ref.tell(_outcome(context, None, exc, clock.monotonic()))
+                report(_failure(context, exc, monotonic()))
             else:
-                ref.tell(_outcome(context, value, None, clock.monotonic()))
+                report(_success(context, value, monotonic()))
             if self._excess:
                 with self._lock:
                     if self._excess:
@@ -610,50 +724,43 @@ class _Workers:
                         return
 
 
-def _finished_message(context: TaskContext, future: Future[Any], ended: float) -> Finished:
-    """On the loop's thread: turn an async attempt's future into a Finished message."""
+def _async_outcome(context: TaskContext, future: Future[Any], ended: float) -> _Done:
+    """On the loop's thread: an async attempt's future as an ended attempt."""
     if future.cancelled():
-        return Finished.fast(
-            task_id=context.task_id,
-            attempt=context.attempt,
-            ok=False,
-            result=None,
-            error="CancelledError: attempt cancelled",
-            error_type="CancelledError",
-            permanent=False,
-            ended=ended,
+        return (
+            context,
+            False,
+            None,
+            "CancelledError: attempt cancelled",
+            "CancelledError",
+            False,
+            ended,
         )
     exc = future.exception()
-    return _outcome(context, None if exc is not None else future.result(), exc, ended)
+    if exc is not None:
+        return _failure(context, exc, ended)
+    return _success(context, future.result(), ended)
 
 
-def _outcome(context: TaskContext, value: Any, exc: BaseException | None, ended: float) -> Finished:
-    """The Finished message of an attempt that returned ``value`` or raised ``exc``."""
-    if exc is None:
-        try:
-            result = freeze_json(value)
-        except ValueError as bad:
-            exc = InvalidResult(f"handler result is not JSON: {bad}")
-        else:
-            return Finished.fast(
-                task_id=context.task_id,
-                attempt=context.attempt,
-                ok=True,
-                result=result,
-                error=None,
-                error_type=None,
-                permanent=False,
-                ended=ended,
-            )
-    return Finished.fast(
-        task_id=context.task_id,
-        attempt=context.attempt,
-        ok=False,
-        result=None,
-        error=f"{type(exc).__name__}: {exc}"[:_ERROR_LIMIT],
-        error_type=type(exc).__name__,
-        permanent=isinstance(exc, PermanentError),
-        ended=ended,
+def _success(context: TaskContext, value: Any, ended: float) -> _Done:
+    """An attempt that returned ``value`` (refused if it is not JSON)."""
+    try:
+        result = freeze_json(value)
+    except ValueError as bad:
+        return _failure(context, InvalidResult(f"handler result is not JSON: {bad}"), ended)
+    return (context, True, result, None, None, False, ended)
+
+
+def _failure(context: TaskContext, exc: BaseException, ended: float) -> _Done:
+    """An attempt that raised ``exc``."""
+    return (
+        context,
+        False,
+        None,
+        f"{type(exc).__name__}: {exc}"[:_ERROR_LIMIT],
+        type(exc).__name__,
+        isinstance(exc, PermanentError),
+        ended,
     )
 
 

@@ -50,12 +50,10 @@ class PerformanceActor(Actor):
         core = self.state.core
         if isinstance(message, Outcomes):
             now = self.wiring.clock.monotonic()
-            for item in message.items:
-                core.record_outcome(
-                    item.agent_id, item.task_type, item.success, item.latency_ms, now
-                )
-                if item.end_to_end_ms is not None:
-                    core.record_end_to_end(item.end_to_end_ms)
+            for agent_id, task_type, success, latency_ms, end_to_end_ms in message.items:
+                core.record_outcome(agent_id, task_type, success, latency_ms, now)
+                if end_to_end_ms is not None:
+                    core.record_end_to_end(end_to_end_ms)
         elif isinstance(message, RouteLatencies):
             for value in message.values:
                 core.record_route_latency(value)

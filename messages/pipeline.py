@@ -18,7 +18,6 @@ from messages.task import AgentSpec, TaskRecord
 
 __all__ = [
     "AgentHealth",
-    "AgentOutcome",
     "AgentsSnapshot",
     "Append",
     "Assign",
@@ -27,10 +26,10 @@ __all__ = [
     "Demand",
     "DeregisterAgent",
     "Enqueue",
-    "Finished",
     "GetHealth",
     "GetPerformance",
     "InjectCrash",
+    "OutcomeItem",
     "Outcomes",
     "PerfUpdate",
     "Persist",
@@ -49,6 +48,7 @@ __all__ = [
     "Unwatch",
     "Wake",
     "Watch",
+    "WorkDone",
     "construct",
 ]
 
@@ -103,27 +103,16 @@ class Assign(CarriesTasks):
     records: tuple[TaskRecord, ...]
 
 
-class AgentOutcome(Message):
-    """Agent executor -> performance tracker: how one attempt went."""
-
-    agent_id: str
-    task_type: str
-    success: bool
-    latency_ms: float
-    end_to_end_ms: float | None = None
+OutcomeItem = tuple[str, str, bool, float, float | None]
+"""One attempt's outcome for the performance tracker: ``(agent_id, task_type, success,
+latency_ms, end_to_end_ms)``; ``end_to_end_ms`` (submit to completion) only on success.
+A plain tuple: an agent reports one per task, so it is the cheapest immutable record."""
 
 
-class Finished(Message):
-    """A handler's thread -> its agent executor: one attempt ended (or raised)."""
-
-    task_id: uuid.UUID
-    attempt: int
-    ok: bool
-    result: Any = None
-    error: str | None = None
-    error_type: str | None = None
-    permanent: bool = False
-    ended: float = 0.0  # monotonic
+class WorkDone(Message):
+    """An agent's handler threads -> its executor: attempts ended; their outcomes wait in
+    the executor's own completion line. Rung once until the executor takes them, so many
+    completions cost one message."""
 
 
 class TimeoutCheck(Message):
@@ -185,7 +174,7 @@ class RouteLatencies(Message):
 class Outcomes(Message):
     """Agent executor -> performance tracker: a batch of attempt outcomes."""
 
-    items: tuple[AgentOutcome, ...]
+    items: tuple[OutcomeItem, ...]
 
 
 class GetPerformance(Message):

@@ -167,36 +167,37 @@ def test_immutability_check() -> None:
 
 
 def test_fast_construction_equals_validated_construction() -> None:
-    from messages.pipeline import AgentOutcome, Finished
+    from messages.pipeline import WorkDone
+    from messages.task import Attempt
 
-    fast = AgentOutcome.fast(agent_id="a", task_type="t", success=True, latency_ms=1.5)
-    assert fast == AgentOutcome(agent_id="a", task_type="t", success=True, latency_ms=1.5)
-    assert fast.end_to_end_ms is None  # default filled in
-    assert hash(Finished.fast(task_id=new_task_id(), attempt=1, ok=True)) is not None
+    fast = Attempt.fast(number=1, agent_id="a", outcome="completed")
+    assert fast == Attempt(number=1, agent_id="a", outcome="completed")
+    assert fast.error is None  # default filled in
+    assert hash(WorkDone.fast()) is not None
     with pytest.raises(ValidationError):
         fast.agent_id = "b"  # type: ignore[misc]  # still frozen
 
 
 def test_fast_construction_refuses_unknown_and_missing_fields() -> None:
-    from messages.pipeline import AgentOutcome
+    from messages.task import Attempt
 
     with pytest.raises(TypeError, match="unknown \\['colour'\\]"):
-        AgentOutcome.fast(agent_id="a", task_type="t", success=True, latency_ms=1.0, colour=1)
-    with pytest.raises(TypeError, match="missing \\['latency_ms'\\]"):
-        AgentOutcome.fast(agent_id="a", task_type="t", success=True)
+        Attempt.fast(number=1, outcome="completed", colour=1)
+    with pytest.raises(TypeError, match="missing \\['outcome'\\]"):
+        Attempt.fast(number=1, agent_id="a")
 
 
 def test_evolve_copies_with_changes_and_leaves_the_original_alone() -> None:
-    from messages.pipeline import AgentOutcome
+    from messages.task import Attempt
 
-    first = AgentOutcome(agent_id="a", task_type="t", success=True, latency_ms=1.0)
-    second = first.evolve(success=False, latency_ms=2.0)
-    assert (first.success, first.latency_ms) == (True, 1.0)
-    assert second == AgentOutcome(agent_id="a", task_type="t", success=False, latency_ms=2.0)
+    first = Attempt(number=1, agent_id="a", outcome="completed")
+    second = first.evolve(outcome="failed", error="boom")
+    assert (first.outcome, first.error) == ("completed", None)
+    assert second == Attempt(number=1, agent_id="a", outcome="failed", error="boom")
     # pydantic's own copy still works on an evolved model (the shared set is never mutated).
     third = second.model_copy(update={"agent_id": "b"})
     assert third.agent_id == "b"
-    assert second.evolve().model_fields_set == set(AgentOutcome.model_fields)
+    assert second.evolve().model_fields_set == set(Attempt.model_fields)
     with pytest.raises(TypeError, match="unknown \\['colour'\\]"):
         first.evolve(colour="red")
 
