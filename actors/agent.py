@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -160,7 +160,7 @@ class AgentState:
     spec: AgentSpec
     handler: Callable[[TaskContext], Any]
     running: dict[uuid.UUID, _Run] = field(default_factory=dict)
-    waiting: dict[uuid.UUID, TaskRecord] = field(default_factory=dict)
+    waiting: OrderedDict[uuid.UUID, TaskRecord] = field(default_factory=OrderedDict)
     """ASSIGNED tasks held beyond max_concurrency (the router's prefetch), oldest first:
     each starts the moment a slot frees, without a round trip through router and queue."""
     unreleased: list[tuple[uuid.UUID, str, bool, float]] = field(default_factory=list)
@@ -374,6 +374,8 @@ class AgentExecutor(Actor):
         persist = out.persist
         launch = self._launch
         while waiting and free > 0:
+            # An OrderedDict: its first key costs O(1) however many were taken before (a
+            # dict's first key is found by scanning past the slots of removed ones).
             task_id = next(iter(waiting))
             record = waiting[task_id]  # off the line only once it runs (crash safety)
             free -= 1

@@ -142,6 +142,9 @@ class RouterActor(Actor):
         core = state.core
         views = state.views
         view_list = list(views.values())
+        position = {view.agent_id: index for index, view in enumerate(view_list)}
+        listening = hub.active
+        inflight = state.inflight
         assigned: dict[str, list[TaskRecord]] = {}
         latencies: list[float] = []
         waiting: deque[tuple[TaskRecord, float]] = deque()
@@ -151,7 +154,7 @@ class RouterActor(Actor):
         while backlog and free > 0:
             record, ready_at = backlog.popleft()
             # Build the decision (alternatives, scores, reason) only for a listener.
-            if hub.active:
+            if listening:
                 decision = core.route(record, view_list)
                 agent_id = None if decision is None else decision.agent_id
             else:
@@ -159,12 +162,11 @@ class RouterActor(Actor):
             if agent_id is None:
                 waiting.append((record, ready_at))
                 continue
-            tasks = state.inflight.setdefault(agent_id, set())
+            tasks = inflight.setdefault(agent_id, set())
             tasks.add(record.task_id)
-            view = views[agent_id]
-            updated = view.evolve(load=len(tasks))
+            updated = views[agent_id].evolve(load=len(tasks))
             views[agent_id] = updated
-            view_list[view_list.index(view)] = updated
+            view_list[position[agent_id]] = updated
             assigned.setdefault(agent_id, []).append(
                 record.moved(TaskState.ASSIGNED, at=now, agent_id=agent_id)
             )

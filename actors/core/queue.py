@@ -27,7 +27,7 @@ from typing import TypeAlias
 from messages.errors import QueueFull
 from messages.task import TaskRecord
 
-__all__ = ["DEFAULT_CAPACITY", "RoutingKey", "TaskQueueCore", "routing_key"]
+__all__ = ["DEFAULT_CAPACITY", "RoutingKey", "TaskQueueCore", "key_of", "routing_key"]
 
 DEFAULT_CAPACITY = 10_000
 """Pending tasks a queue holds before :meth:`TaskQueueCore.push` raises QueueFull."""
@@ -47,7 +47,23 @@ _DeadlineEntry: TypeAlias = tuple[datetime, int, uuid.UUID]
 def routing_key(record: TaskRecord) -> RoutingKey:
     """The routing key of ``record``: ``{spec.type} | spec.required_capabilities``."""
     spec = record.spec
-    return frozenset((spec.type,)) | spec.required_capabilities
+    return key_of(spec.type, spec.required_capabilities)
+
+
+_KEYS: dict[tuple[str, frozenset[str]], RoutingKey] = {}
+_KEYS_MAX = 4096  # distinct (type, required) pairs remembered; past it keys are built
+
+
+def key_of(task_type: str, required: frozenset[str]) -> RoutingKey:
+    """``{task_type} | required``, the same frozenset object for equal inputs (built once:
+    the queue and the router look a task's key up several times on its way)."""
+    pair = (task_type, required)
+    key = _KEYS.get(pair)
+    if key is None:
+        key = frozenset((task_type,)) | required
+        if len(_KEYS) < _KEYS_MAX:
+            _KEYS[pair] = key
+    return key
 
 
 class _Bucket:

@@ -31,11 +31,13 @@ human reason, and the other eligible agents with their scores.
 from __future__ import annotations
 
 import math
+import operator
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from actors.core.queue import key_of
 from messages import AgentView, Alternative, RoutingDecision, TaskRecord, TaskSpec
 
 __all__ = [
@@ -58,7 +60,14 @@ or an agent reporting 0 ms) does not count as a 2x difference."""
 
 def routing_key(spec: TaskSpec) -> frozenset[str]:
     """The capabilities an agent needs for the task: its type plus its required ones."""
-    return frozenset({spec.type}) | spec.required_capabilities
+    return key_of(spec.type, spec.required_capabilities)
+
+
+_agent_id: Final = operator.attrgetter("agent_id")
+
+
+def _load_share(agent: AgentView) -> float:
+    return agent.load / agent.capacity
 
 
 def is_eligible(agent: AgentView, key: frozenset[str]) -> bool:
@@ -188,10 +197,14 @@ class RouterCore:
     def eligible(self, task: TaskRecord, agents: Sequence[AgentView]) -> list[AgentView]:
         """The agents that may take ``task``, sorted by agent id."""
         key = routing_key(task.spec)
-        return sorted(
-            (agent for agent in agents if is_eligible(agent, key)),
-            key=lambda agent: agent.agent_id,
-        )
+        found = [
+            agent
+            for agent in agents
+            if agent.healthy and agent.load < agent.capacity and key <= agent.capabilities
+        ]
+        if len(found) > 1:
+            found.sort(key=_agent_id)
+        return found
 
     def route(self, task: TaskRecord, agents: Sequence[AgentView]) -> RoutingDecision | None:
         """Choose an agent for ``task`` among ``agents``; None if no agent is eligible.
@@ -209,6 +222,17 @@ class RouterCore:
         """The id of the agent :meth:`route` would choose, with the same effect on this
         router's state (round-robin cursors, bandit draws, counters), but without building
         the decision: for a caller that does not report it (nobody listens to events)."""
+        if self._strategy == "least_loaded":
+            # The same pick as _least_loaded without its scores and reason: the lowest
+            # load / capacity (min keeps the first of equals: the smallest agent id).
+            candidates = self.eligible(task, agents)
+            if not candidates:
+                self._unroutable += 1
+                return None
+            self._decisions += 1
+            if len(candidates) == 1:
+                return candidates[0].agent_id
+            return min(candidates, key=_load_share).agent_id
         picked = self._pick(task, agents)
         return None if picked is None else picked[0][picked[2]].agent_id
 

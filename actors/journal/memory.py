@@ -170,18 +170,22 @@ class _Batch:
         self.inserted = 0
         self.updated = 0
         self.duplicates = 0
-        self._old_tasks: dict[uuid.UUID, object] = {}
+        # (task id, its record before this batch touched it, or _ABSENT), in the order
+        # written: undone in reverse, so a task written twice gets its oldest one back.
+        self._old_tasks: list[tuple[uuid.UUID, object]] = []
         self._old_keys: dict[str, object] = {}
         self._old_counts = dict(store._counts)
         self._old_next_sequence = store._next_sequence
 
     def _put(self, record: TaskRecord, previous: TaskRecord | None) -> None:
         store = self.store
-        self._old_tasks.setdefault(record.task_id, _ABSENT if previous is None else previous)
-        store._tasks[record.task_id] = record
-        store._counts[record.state] += 1
+        task_id = record.task_id
+        self._old_tasks.append((task_id, _ABSENT if previous is None else previous))
+        store._tasks[task_id] = record
+        counts = store._counts
+        counts[record.state] += 1
         if previous is not None:
-            store._counts[previous.state] -= 1
+            counts[previous.state] -= 1
 
     def _set_key(self, key: str, task_id: uuid.UUID | None) -> None:
         keys = self.store._keys
@@ -214,7 +218,7 @@ class _Batch:
         if current is None:
             raise UnknownTask(f"no task {record.task_id} to update")
         old_key, new_key = current.spec.idempotency_key, record.spec.idempotency_key
-        if new_key != old_key:
+        if new_key != old_key:  # (a later version of a record shares its spec: equal keys)
             holder = store._keys.get(new_key) if new_key is not None else None
             if holder is not None:
                 raise InvalidMessage(
@@ -232,7 +236,7 @@ class _Batch:
 
     def undo(self) -> None:
         store = self.store
-        for task_id, old in self._old_tasks.items():
+        for task_id, old in reversed(self._old_tasks):
             if isinstance(old, TaskRecord):
                 store._tasks[task_id] = old
             else:
