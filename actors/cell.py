@@ -43,7 +43,15 @@ from messages.supervision import (
     GetStatistics,
 )
 
-__all__ = ["ActorRef", "Cell", "CellState", "Directive", "EscalationSignal", "Pending"]
+__all__ = [
+    "ActorRef",
+    "Cell",
+    "CellState",
+    "Directive",
+    "Dispatcher",
+    "EscalationSignal",
+    "Pending",
+]
 
 _log = structlog.get_logger("arbiter.supervisor")
 
@@ -124,13 +132,15 @@ class Pending:
 
 
 # Wakes an idle shell so it applies a pending directive.
+_AnyShell = Any  # _Shell | _SharedShell (both have abandoned, is_abandoned, detach, shared)
 _WAKEUP: Final = _Letter(None, None)
 
 
 class _Shell(pykka.ThreadingActor):
-    """The pykka actor running one incarnation of a cell."""
+    """The pykka actor running one incarnation of a cell on a thread of its own."""
 
     use_daemon_thread = True
+    shared = False
 
     def __init__(self, cell: Cell, restart_reason: BaseException | None) -> None:
         super().__init__()
@@ -164,6 +174,176 @@ class _Shell(pykka.ThreadingActor):
         pykka.ActorRegistry.unregister(self.actor_ref)
 
 
+class _Ready:
+    """A cell's entry in its dispatcher's run queue (duck-types a pykka envelope, like
+    :class:`_Letter`); one per cell, made once."""
+
+    __slots__ = ("message",)
+    reply_to = None
+
+    def __init__(self, cell: Cell) -> None:
+        self.message = cell
+
+
+class _SharedShell:
+    """One incarnation of a cell run by a :class:`Dispatcher` (no thread of its own)."""
+
+    __slots__ = ("abandoned", "cell", "dispatcher", "pending_start", "restart_reason")
+    shared = True
+
+    def __init__(
+        self, cell: Cell, dispatcher: Dispatcher, restart_reason: BaseException | None
+    ) -> None:
+        self.cell = cell
+        self.dispatcher = dispatcher
+        self.abandoned = False
+        self.pending_start = True  # the dispatcher runs on_start at the cell's first turn
+        self.restart_reason = restart_reason
+        cell.shell = self
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The dispatcher's thread, which runs this incarnation's messages."""
+        return self.dispatcher.thread
+
+    def is_abandoned(self) -> bool:
+        """True once the watchdog or a stop timeout gave this incarnation up."""
+        return self.abandoned
+
+    def detach(self) -> None:
+        """Nothing to end: the dispatcher just stops giving this incarnation turns."""
+
+
+class _DispatcherShell(pykka.ThreadingActor):
+    """The pykka actor that is a dispatcher's thread: its inbox is the run queue of
+    ready cells, and each message is one cell's turn."""
+
+    use_daemon_thread = True
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        super().__init__()
+        self.actor_inbox = dispatcher.runq
+        self.actor_ref.actor_inbox = dispatcher.runq
+        self.dispatcher = dispatcher
+        self.detached = False
+        dispatcher._shell = self
+
+    def on_start(self) -> None:
+        self.dispatcher.thread = threading.current_thread()
+
+    def on_receive(self, cell: Cell) -> None:
+        if self.detached:
+            self.dispatcher.runq.put(cell._ready)  # a replaced thread raced for it
+            return
+        self.dispatcher.turn(cell)
+
+    def detach(self) -> None:
+        """End this thread's loop without it taking from the run queue again."""
+        self.detached = True
+        self.actor_inbox = queue.SimpleQueue()
+        self.actor_stopped.set()
+        pykka.ActorRegistry.unregister(self.actor_ref)
+
+
+class Dispatcher:
+    """Runs the mailboxes of many cells on one thread (Akka's dispatcher).
+
+    A message to an actor on a dispatcher costs no thread wake-up while the dispatcher is
+    busy: the cell is put in the run queue (once, however many messages wait) and gets a
+    *turn* of up to ``throughput`` messages, in order, then goes to the back of the queue
+    if more wait. Under the GIL one thread runs Python as fast as several, and the
+    hand-offs between actors on it (queue, router, agents, ...) are a queue put, not a
+    context switch.
+
+    Only actors that never block belong on a shared dispatcher: a handler that waits (on
+    I/O, on a lock, on another actor of the same dispatcher) holds every other actor up.
+    The watchdog treats a dispatcher stuck in one message like a hung actor: the stuck
+    thread is left behind and a new one takes the run queue over.
+
+    Supervision is the same as on a thread of one's own: a failed actor is suspended (it
+    gets no turn) until its supervisor's directive arrives; a restart reuses the mailbox.
+    """
+
+    def __init__(self, name: str, throughput: int = 64) -> None:
+        if throughput < 1:
+            raise ValueError("throughput must be >= 1")
+        self.name = name
+        self.throughput = throughput
+        self.runq: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.turns = 0
+        self.replacements = 0
+        self._shell: _DispatcherShell | None = None
+        self._lock = threading.Lock()
+        self.log = _log.bind(dispatcher=name)
+
+    def start(self) -> None:
+        """Start the thread (once; later calls do nothing)."""
+        with self._lock:
+            if self._shell is None:
+                _DispatcherShell.start(self)  # sets self._shell in its __init__
+
+    def replace_thread(self, stuck: threading.Thread) -> bool:
+        """Leave ``stuck`` (the thread running now, hung in a message) behind and start a
+        new thread on the run queue; False if ``stuck`` is not the current thread any
+        more (someone replaced it already)."""
+        with self._lock:
+            shell = self._shell
+            if shell is None or self.thread is not stuck:
+                return False
+            shell.detach()
+            self.replacements += 1
+            self.thread = None
+            _DispatcherShell.start(self)  # sets self._shell in its __init__
+        self.log.warning("supervisor.dispatcher_replaced", replacements=self.replacements)
+        return True
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread once its cells are stopped (what is still queued is dropped:
+        a stopped cell has dead-lettered its mailbox already)."""
+        with self._lock:
+            shell, self._shell = self._shell, None
+        if shell is not None:
+            shell.actor_ref.stop(block=False)
+            thread = self.thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout_s)
+
+    def turn(self, cell: Cell) -> None:
+        """On the dispatcher's thread: run up to ``throughput`` of ``cell``'s messages."""
+        shell = cell.shell
+        if not isinstance(shell, _SharedShell) or shell.abandoned:
+            cell.scheduled = False
+            return  # stopped (a stopped cell dead-letters what it is sent) or replaced
+        self.turns += 1
+        if shell.pending_start:
+            shell.pending_start = False
+            cell._start_incarnation(shell, shell.restart_reason)
+        get = cell.mailbox.get_nowait
+        left = self.throughput
+        while left > 0:
+            if shell.is_abandoned():  # (read fresh: the watchdog's thread sets it)
+                return  # the watchdog gave up on this thread in a message: it is not ours
+            if cell.control_pending:
+                cell._apply_directives(shell)
+                continue
+            if cell.state is not CellState.RUNNING:
+                break  # suspended, waiting for a directive (it reschedules the cell)
+            try:
+                letter = get()
+            except queue.Empty:
+                break
+            cell._deliver(shell, letter)
+            left -= 1
+        cell.scheduled = False
+        # A message posted after the loop looked saw ``scheduled`` True and did not
+        # schedule the cell: look again now that it is False.
+        if cell.control_pending or (
+            cell.state is CellState.RUNNING and cell.shell is shell and not cell.mailbox.empty()
+        ):
+            cell.schedule()
+
+
 class Cell:
     """The stable part of an actor: name, mailbox, counters, supervisor link."""
 
@@ -176,8 +356,13 @@ class Cell:
         dead_letters: DeadLetterOffice,
         on_root_failure: Callable[[Cell, ChildFailed], None] | None = None,
         hang_timeout_s: float | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.name = name
+        self.dispatcher = dispatcher
+        """None: the cell runs on a thread of its own; else on this shared dispatcher."""
+        self.scheduled = False  # in the dispatcher's run queue, or having its turn
+        self._ready = _Ready(self)
         self.factory = factory
         self.parent = parent
         self.dead_letters = dead_letters
@@ -187,7 +372,7 @@ class Cell:
         self.ref = ActorRef(self)
         self.state = CellState.NEW
         self.instance: Actor | None = None
-        self.shell: _Shell | None = None
+        self.shell: _Shell | _SharedShell | None = None
         self.incarnation = 0
         self.processed = 0
         self.keepalives = 0  # still_busy() calls: progress inside one long message
@@ -211,9 +396,25 @@ class Cell:
             self.stopped.clear()
             self.started.clear()
             self.state = CellState.RUNNING
-            _Shell.start(self, restart_reason)  # sets self.shell in its __init__
+            dispatcher = self.dispatcher
+            if dispatcher is None:
+                _Shell.start(self, restart_reason)  # sets self.shell in its __init__
+                return
+            _SharedShell(self, dispatcher, restart_reason)  # sets self.shell
+            dispatcher.start()
+            # Queued even if a turn of an earlier incarnation is still ending (a second
+            # turn only finds nothing to do).
+            self.scheduled = True
+            dispatcher.runq.put(self._ready)
 
-    def _start_incarnation(self, shell: _Shell, reason: BaseException | None) -> None:
+    def schedule(self) -> None:
+        """Give a dispatcher's cell a turn (no effect if it has one coming)."""
+        if not self.scheduled:
+            self.scheduled = True
+            assert self.dispatcher is not None
+            self.dispatcher.runq.put(self._ready)
+
+    def _start_incarnation(self, shell: _AnyShell, reason: BaseException | None) -> None:
         """On the shell's thread: make the instance and run ``on_start``."""
         if reason is not None:
             self.failed_at = self.failed_at or time.monotonic()
@@ -221,7 +422,7 @@ class Cell:
             self._await_directive(shell)
         self.started.set()
 
-    def _make_instance(self, shell: _Shell, *, restarting: bool) -> bool:
+    def _make_instance(self, shell: _AnyShell, *, restarting: bool) -> bool:
         self.incarnation += 1
         try:
             instance = self.factory()
@@ -254,8 +455,11 @@ class Cell:
             self._dead_letter(letter, "actor_stopped")
             return
         self.mailbox.put(letter)
+        if self.dispatcher is not None and not self.scheduled:
+            self.scheduled = True
+            self.dispatcher.runq.put(self._ready)
 
-    def _deliver(self, shell: _Shell, letter: _Letter) -> None:
+    def _deliver(self, shell: _AnyShell, letter: _Letter) -> None:
         """On the shell's thread: handle one letter."""
         if shell.abandoned:
             # Only reachable if a detached shell raced for the mailbox; give it back.
@@ -344,14 +548,18 @@ class Cell:
         elif self.on_root_failure is not None:
             self.on_root_failure(self, report)
 
-    def _await_directive(self, shell: _Shell) -> None:
-        """Block this shell's thread until the supervisor says restart or stop."""
+    def _await_directive(self, shell: _AnyShell) -> None:
+        """Block this shell's thread until the supervisor says restart or stop. On a
+        dispatcher, return at once: a suspended cell gets no turn, and the directive
+        gives it one."""
+        if shell.shared:
+            return
         while self.state is CellState.SUSPENDED and not shell.abandoned:
             directive, reason = self._directives.get()
             self.control_pending = False
             self._apply(shell, directive, reason)
 
-    def _apply_directives(self, shell: _Shell) -> None:
+    def _apply_directives(self, shell: _AnyShell) -> None:
         self.control_pending = False
         while True:
             try:
@@ -362,7 +570,7 @@ class Cell:
             if self.state is CellState.STOPPED:
                 return
 
-    def _apply(self, shell: _Shell, directive: Directive, reason: str) -> None:
+    def _apply(self, shell: _AnyShell, directive: Directive, reason: str) -> None:
         if directive is Directive.STOP:
             self._finish(shell, reason)
             return
@@ -384,7 +592,7 @@ class Cell:
         except BaseException as exc:
             self.log.error("supervisor.hook_failed", hook=name, error=repr(exc), exc_info=exc)
 
-    def _finish(self, shell: _Shell, reason: str) -> None:
+    def _finish(self, shell: _AnyShell, reason: str) -> None:
         """Stop for good on the shell's thread: post_stop, dead-letter the rest, detach."""
         if self.instance is not None:
             self._run_hook(self.instance.post_stop, "post_stop")
@@ -459,6 +667,8 @@ class Cell:
             self._directives.put((directive, reason))
             self.control_pending = True
             self.mailbox.put(_WAKEUP)
+            if self.dispatcher is not None:
+                self.schedule()
         elif directive is Directive.RESTART:
             self.failed_at = self.failed_at or time.monotonic()
             self.start(RuntimeError(reason))
@@ -507,6 +717,14 @@ class Cell:
             letter = self.current
             self.current = None
             self.busy_since = None
+            if isinstance(shell, _SharedShell):
+                # The dispatcher's thread is stuck in this cell's message (or too slow
+                # to stop it): the other cells go on on a new thread; this one starts
+                # afresh when its supervisor restarts it.
+                stuck = shell.dispatcher.thread
+                if stuck is not None:
+                    shell.dispatcher.replace_thread(stuck)
+                self.scheduled = False
         if letter is not None:
             if letter.future is not None:
                 exc = ActorHung(f"{self.name}: {reason}")

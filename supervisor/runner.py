@@ -102,6 +102,10 @@ __all__ = ["PIPELINE_ACTORS", "RunnerConfig", "TaskHandle", "TaskRunner"]
 
 _log = structlog.get_logger("arbiter.runner")
 
+PIPELINE_DISPATCHER = "pipeline"
+"""The name of the dispatcher the non-blocking pipeline actors share (see
+``RunnerConfig.shared_dispatcher``)."""
+
 PIPELINE_ACTORS = (
     "journal",
     "events",
@@ -179,6 +183,16 @@ class RunnerConfig(BaseModel):
     fallback of LISTEN/NOTIFY)."""
     claim_batch: int = Field(default=256, ge=1)
     """Shared store: at most this many tasks per claim (one transaction)."""
+    shared_dispatcher: bool = True
+    """Run the pipeline actors that never block (queue, router, registry, retry scheduler,
+    performance tracker, the agent executors, and the journal of a ``memory://`` store) on
+    one shared dispatcher thread, as Akka runs actors on a dispatcher: a message between
+    them is a queue put, not a thread wake-up, which on this runtime (one GIL) is most of
+    what a hand-off costs. False gives each actor a thread of its own. Either way each
+    actor has its own mailbox, state and supervision; handlers always run on the agents'
+    own threads. The journal of a durable store, the health monitor (it runs checks with
+    timeouts), the events actor (it calls subscribers) and the claimer (it queries
+    PostgreSQL) always have their own threads: they may block."""
     gc_freeze: bool = True
     """At start, collect garbage once, then move every object alive (modules, classes, the
     host's start-up state, the actors) out of the cyclic garbage collector's sight
@@ -285,6 +299,7 @@ class TaskRunner:
         self._waiters = ResultWaiters()
         self._admission = Admission(config.queue_capacity, config.submit_timeout_s)
         self._orphaned = 0
+        self._dispatcher = PIPELINE_DISPATCHER if config.shared_dispatcher else None
         self._redelivered = 0
         self._recovered = 0
         self._shared = False
@@ -417,10 +432,18 @@ class TaskRunner:
                 claimer, wiring, store, settings, self._local_agents
             )
             names.insert(names.index("queue") + 1, "claimer")
+        shared = {"performance", "registry", "retry", "queue", "router"}
+        if store.url.startswith("memory:"):
+            shared.add("journal")  # a memory store never waits
         # Refs are known before any actor runs: a ChildSpec's name is its address.
         for name in names:
             ref = system.spawn(
-                ChildSpec(name=name, factory=factories[name], restart=Restart.PERMANENT)
+                ChildSpec(
+                    name=name,
+                    factory=factories[name],
+                    restart=Restart.PERMANENT,
+                    dispatcher=self._dispatcher if name in shared else None,
+                )
             )
             setattr(peers, name, ref)
             if name == "events":
@@ -594,6 +617,7 @@ class TaskRunner:
                     name=name,
                     factory=lambda: AgentExecutor(state, wiring),
                     restart=Restart.PERMANENT,
+                    dispatcher=self._dispatcher,
                 ),
                 parent=self._peers.agents,
             )

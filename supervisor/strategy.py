@@ -54,6 +54,10 @@ class ChildSpec:
     shutdown_timeout_s: float = 5.0
     hang_timeout_s: float | None = None
     """Seconds one message may run before the actor counts as hung (None: the system's)."""
+    dispatcher: str | None = None
+    """None: the actor gets a thread of its own. A name: it shares that dispatcher's one
+    thread with the other actors named to it (made on first use; see
+    :class:`~actors.cell.Dispatcher`). Only for actors whose handlers never block."""
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -62,6 +66,8 @@ class ChildSpec:
             raise ValueError("shutdown_timeout_s must be >= 0")
         if self.hang_timeout_s is not None and self.hang_timeout_s <= 0:
             raise ValueError("hang_timeout_s must be > 0")
+        if self.dispatcher is not None and not self.dispatcher:
+            raise ValueError("a dispatcher name must be non-empty")
 
 
 def should_restart(restart: Restart, *, normal: bool) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from actors.base import Actor
-from actors.cell import ActorRef, Cell, CellState, Directive, EscalationSignal
+from actors.cell import ActorRef, Cell, CellState, Directive, Dispatcher, EscalationSignal
 from actors.dead_letters import DeadLetterOffice
 from actors.timers import TimerService
 from messages.pipeline import ReportUnresponsive
@@ -48,6 +48,22 @@ class Runtime:
     rand: Callable[[], float] = random.random
     cells: dict[str, Cell] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    dispatchers: dict[str, Dispatcher] = field(default_factory=dict)
+
+    def dispatcher(self, name: str) -> Dispatcher:
+        """The shared dispatcher called ``name`` (made on first use)."""
+        with self.lock:
+            found = self.dispatchers.get(name)
+            if found is None:
+                found = self.dispatchers[name] = Dispatcher(name)
+            return found
+
+    def stop_dispatchers(self, timeout_s: float = 5.0) -> None:
+        """Stop every dispatcher's thread (after their cells have stopped)."""
+        with self.lock:
+            found = list(self.dispatchers.values())
+        for dispatcher in found:
+            dispatcher.stop(timeout_s)
 
     def register(self, cell: Cell) -> None:
         """Add a cell to the system-wide name table; names are unique in a system."""
@@ -169,6 +185,9 @@ class Supervisor(Actor):
             parent=self.context.self_ref,
             dead_letters=state.runtime.dead_letters,
             hang_timeout_s=hang,
+            dispatcher=(
+                state.runtime.dispatcher(spec.dispatcher) if spec.dispatcher is not None else None
+            ),
         )
         state.runtime.register(cell)
         state.children[spec.name] = cell

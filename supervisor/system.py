@@ -206,6 +206,7 @@ class ActorSystem:
             for cell in self.runtime.all_cells():
                 cell._drain_to_dead_letters()
             self.runtime.timers.stop()
+            self.runtime.stop_dispatchers()
             self._stopped.set()
 
     def __enter__(self) -> Self:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,23 @@ class Recorder(Actor):
         return self.count
 
 
+_DISPATCHER: list[str | None] = [None]
+
+
+@pytest.fixture(autouse=True, params=[None, "shared"], ids=["own-thread", "dispatcher"])
+def dispatcher(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Every test here runs twice: actors on threads of their own, and actors sharing one
+    dispatcher thread (supervision must not tell the difference)."""
+    _DISPATCHER[0] = request.param
+    yield request.param
+    _DISPATCHER[0] = None
+
+
+def child(**fields: Any) -> ChildSpec:
+    """A ChildSpec on this run's dispatcher (None: a thread of its own)."""
+    return ChildSpec(dispatcher=_DISPATCHER[0], **fields)
+
+
 def recorder(journal: list[tuple[int, Any]]) -> Callable[[], Actor]:
     return lambda: Recorder(journal)
 
@@ -65,7 +82,7 @@ def recorder(journal: list[tuple[int, Any]]) -> Callable[[], Actor]:
 def test_ten_thousand_messages_with_a_crash_every_hundredth(make_system: Any) -> None:
     system: ActorSystem = make_system(max_restarts=1000, within_s=60.0)
     journal: list[tuple[int, Any]] = []
-    ref = system.spawn(ChildSpec(name="rec", factory=recorder(journal)))
+    ref = system.spawn(child(name="rec", factory=recorder(journal)))
     expected = []
     for i in range(10_000):
         if i % 100 == 99:
@@ -95,7 +112,7 @@ def test_messages_sent_while_restarting_reach_the_new_incarnation(make_system: A
                 entered.set()
                 gate.wait(WAIT_S)
 
-    ref = system.spawn(ChildSpec(name="slow", factory=lambda: SlowStarter(journal)))
+    ref = system.spawn(child(name="slow", factory=lambda: SlowStarter(journal)))
     ref.tell(Crash())
     assert entered.wait(WAIT_S)  # the restart is in progress, on_start is blocked
     for i in range(50):
@@ -109,7 +126,7 @@ def test_messages_sent_while_restarting_reach_the_new_incarnation(make_system: A
 def test_asker_gets_the_exception_and_the_actor_is_restarted(make_system: Any) -> None:
     system: ActorSystem = make_system(max_restarts=5)
     journal: list[tuple[int, Any]] = []
-    ref = system.spawn(ChildSpec(name="rec", factory=recorder(journal)))
+    ref = system.spawn(child(name="rec", factory=recorder(journal)))
     with pytest.raises(RuntimeError, match="kaboom"):
         ref.ask(Crash("kaboom"), timeout=WAIT_S)
     assert ref.ask("after", timeout=WAIT_S) == 1  # fresh state: a new instance
@@ -134,7 +151,7 @@ def test_strategies_restart_the_right_siblings(
 ) -> None:
     system: ActorSystem = make_system(strategy=strategy, max_restarts=5)
     journal: list[tuple[int, Any]] = []
-    refs = {n: system.spawn(ChildSpec(name=n, factory=recorder(journal))) for n in "abc"}
+    refs = {n: system.spawn(child(name=n, factory=recorder(journal))) for n in "abc"}
     refs[fail].tell(Crash())
     for name in restarted:
         wait_for(lambda name=name: refs[name].statistics().incarnation == 2)
@@ -155,7 +172,7 @@ def test_intensity_exceeded_at_the_root_stops_the_system(make_system: Any, logs:
         def post_stop(self) -> None:
             stopped.append("stop")
 
-    ref = system.spawn(ChildSpec(name="rec", factory=lambda: Tracked([], "rec")))
+    ref = system.spawn(child(name="rec", factory=lambda: Tracked([], "rec")))
     for _ in range(3):
         ref.tell(Crash())
     with pytest.raises(Escalated, match="root supervisor gave up"):
@@ -166,15 +183,15 @@ def test_intensity_exceeded_at_the_root_stops_the_system(make_system: Any, logs:
     assert events.count("supervisor.child_restarted") == 2
     assert "supervisor.escalated" in events
     with pytest.raises(Escalated):
-        system.spawn(ChildSpec(name="late", factory=recorder([])))
+        system.spawn(child(name="late", factory=recorder([])))
 
 
 def test_nested_supervisor_escalates_to_its_parent_which_restarts_it(make_system: Any) -> None:
     system: ActorSystem = make_system(max_restarts=5, within_s=60.0)
     journal: list[tuple[int, Any]] = []
     sub = system.spawn_supervisor("sub", max_restarts=1, within_s=60.0)
-    worker = system.spawn(ChildSpec(name="worker", factory=recorder(journal)), parent=sub)
-    sibling = system.spawn(ChildSpec(name="sibling", factory=recorder(journal)))
+    worker = system.spawn(child(name="worker", factory=recorder(journal)), parent=sub)
+    sibling = system.spawn(child(name="sibling", factory=recorder(journal)))
     worker.tell(Crash())  # restart 1: allowed
     wait_for(lambda: worker.statistics().incarnation == 2)
     worker.tell(Crash())  # restart 2: over intensity -> sub escalates to root
@@ -197,8 +214,8 @@ def test_base_exception_in_a_handler_does_not_stop_unrelated_actors(make_system:
                 raise KeyboardInterrupt
             return "ok"
 
-    exiter = system.spawn(ChildSpec(name="exiter", factory=Exiter))
-    other = system.spawn(ChildSpec(name="other", factory=recorder([])))
+    exiter = system.spawn(child(name="exiter", factory=Exiter))
+    other = system.spawn(child(name="other", factory=recorder([])))
     exiter.tell("exit")
     with pytest.raises(KeyboardInterrupt):
         exiter.ask("interrupt", timeout=WAIT_S)
@@ -211,7 +228,7 @@ def test_hung_actor_is_replaced_with_its_mailbox(make_system: Any, logs: list[An
     system: ActorSystem = make_system(max_restarts=5, watchdog_interval_s=0.01)
     journal: list[tuple[int, Any]] = []
     _BLOCKERS["hang"] = threading.Event()
-    spec = ChildSpec(name="hangs", factory=recorder(journal), hang_timeout_s=0.1)
+    spec = child(name="hangs", factory=recorder(journal), hang_timeout_s=0.1)
     ref = system.spawn(spec)
     stuck = ref.ask_future(Block("hang"))
     for i in range(20):
@@ -251,7 +268,7 @@ def test_failing_on_start_is_a_failure_and_hooks_run(make_system: Any) -> None:
                 raise ValueError(message)
             return message
 
-    ref = system.spawn(ChildSpec(name="fragile", factory=Fragile))
+    ref = system.spawn(child(name="fragile", factory=Fragile))
     assert ref.ask("hello", timeout=WAIT_S) == "hello"
     with pytest.raises(ValueError, match="crash"):
         ref.ask("crash", timeout=WAIT_S)
@@ -274,10 +291,10 @@ def test_restart_types_and_normal_exit(make_system: Any) -> None:
                 raise RuntimeError("crash")
             return self.context.incarnation
 
-    perm = system.spawn(ChildSpec(name="perm", factory=Quitter, restart=Restart.PERMANENT))
-    trans = system.spawn(ChildSpec(name="trans", factory=Quitter, restart=Restart.TRANSIENT))
-    temp = system.spawn(ChildSpec(name="temp", factory=Quitter, restart=Restart.TEMPORARY))
-    trans2 = system.spawn(ChildSpec(name="trans2", factory=Quitter, restart=Restart.TRANSIENT))
+    perm = system.spawn(child(name="perm", factory=Quitter, restart=Restart.PERMANENT))
+    trans = system.spawn(child(name="trans", factory=Quitter, restart=Restart.TRANSIENT))
+    temp = system.spawn(child(name="temp", factory=Quitter, restart=Restart.TEMPORARY))
+    trans2 = system.spawn(child(name="trans2", factory=Quitter, restart=Restart.TRANSIENT))
     for ref in (perm, trans):
         assert ref.ask("quit", timeout=WAIT_S) == "bye"
     temp.tell("crash")
@@ -295,7 +312,7 @@ def test_backoff_delays_the_restart(make_system: Any, logs: list[Any]) -> None:
     backoff = RestartBackoff(min_s=0.05, max_s=1.0, random_factor=0.0, reset_after_s=60.0)
     system: ActorSystem = make_system(max_restarts=10, backoff=backoff)
     journal: list[tuple[int, Any]] = []
-    ref = system.spawn(ChildSpec(name="rec", factory=recorder(journal)))
+    ref = system.spawn(child(name="rec", factory=recorder(journal)))
     ref.tell(Crash())
     assert ref.ask("one", timeout=WAIT_S) == 1
     ref.tell(Crash())
@@ -313,7 +330,7 @@ def test_statistics_answered_by_every_actor(make_system: Any) -> None:
         def statistics(self) -> dict[str, Any]:
             return {"count": self.count}
 
-    ref = system.spawn(ChildSpec(name="x", factory=lambda: WithExtra([])))
+    ref = system.spawn(child(name="x", factory=lambda: WithExtra([])))
     for i in range(5):
         ref.tell(i)
     stats = ref.ask(GetStatistics(), timeout=WAIT_S)
@@ -327,7 +344,7 @@ def test_statistics_answered_by_every_actor(make_system: Any) -> None:
 
 def test_mutable_messages_are_refused(make_system: Any) -> None:
     system: ActorSystem = make_system()
-    ref = system.spawn(ChildSpec(name="x", factory=recorder([])))
+    ref = system.spawn(child(name="x", factory=recorder([])))
     for bad in ([1], {"a": 1}, {1, 2}, (1, [2]), bytearray(b"x")):
         with pytest.raises(TypeError, match="mutable"):
             ref.tell(bad)
@@ -352,7 +369,7 @@ def test_stop_is_in_reverse_start_order_and_later_sends_are_dead_letters(
         def post_stop(self) -> None:
             order.append(self.name)
 
-    refs = [system.spawn(ChildSpec(name=n, factory=lambda n=n: Named(n))) for n in "abc"]
+    refs = [system.spawn(child(name=n, factory=lambda n=n: Named(n))) for n in "abc"]
     system.stop()
     assert order == ["c", "b", "a"]
     before = system.dead_letter_office.total
@@ -378,7 +395,7 @@ def test_an_alarm_of_a_stopped_actor_rings_for_nobody(make_system: Any) -> None:
             got.append(message)
             return len(got)
 
-    ref = system.spawn(ChildSpec(name="alarmed", factory=Alarmed))
+    ref = system.spawn(child(name="alarmed", factory=Alarmed))
     ring(ref, Tick(at=1.0))
     assert ref.ask("sync", timeout=WAIT_S) == 2
     assert got[0] == Tick(at=1.0)
@@ -393,7 +410,7 @@ def test_an_alarm_of_a_stopped_actor_rings_for_nobody(make_system: Any) -> None:
 def test_slow_shutdown_is_abandoned_after_its_timeout(make_system: Any) -> None:
     system: ActorSystem = make_system()
     _BLOCKERS["slow-stop"] = threading.Event()
-    spec = ChildSpec(name="slow", factory=recorder([]), shutdown_timeout_s=0.05)
+    spec = child(name="slow", factory=recorder([]), shutdown_timeout_s=0.05)
     ref = system.spawn(spec)
     ref.tell(Block("slow-stop"))
     ref.tell("queued")
@@ -406,14 +423,14 @@ def test_slow_shutdown_is_abandoned_after_its_timeout(make_system: Any) -> None:
 
 def test_duplicate_names_are_refused(make_system: Any) -> None:
     system: ActorSystem = make_system()
-    system.spawn(ChildSpec(name="x", factory=recorder([])))
+    system.spawn(child(name="x", factory=recorder([])))
     with pytest.raises(ValueError, match="already exists"):
-        system.spawn(ChildSpec(name="x", factory=recorder([])))
+        system.spawn(child(name="x", factory=recorder([])))
 
 
 def test_restart_is_visible_in_the_log(make_system: Any, logs: list[Any]) -> None:
     system: ActorSystem = make_system(max_restarts=3)
-    ref = system.spawn(ChildSpec(name="rec", factory=recorder([])))
+    ref = system.spawn(child(name="rec", factory=recorder([])))
     ref.tell(Crash("visible"))
     ref.ask("sync", timeout=WAIT_S)
     failed = next(e for e in logs if e["event"] == "supervisor.child_failed")
