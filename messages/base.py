@@ -104,9 +104,22 @@ def thaw_json(value: Any) -> Any:
     return value
 
 
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+"""``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``, without building an
+encoder per call (an encoder is stateless between calls)."""
+
+_FLAT = frozenset({str, int, float, bool, type(None)})
+
+
 def json_size(value: Any) -> int:
     """Bytes of the compact UTF-8 JSON encoding of ``value``."""
-    return len(json.dumps(thaw_json(value), separators=(",", ":"), ensure_ascii=False).encode())
+    if value is EMPTY_FROZEN_DICT:  # the commonest payload: ``{}``
+        return 2
+    if type(value) is FrozenDict and all(type(item) in _FLAT for item in value._data.values()):
+        text = _encode_json(value._data)  # flat: nothing to thaw (its keys are strings)
+    else:
+        text = _encode_json(thaw_json(value))  # json encodes tuples as lists
+    return len(text) if text.isascii() else len(text.encode())
 
 
 JsonValue: TypeAlias = Annotated[
@@ -134,16 +147,17 @@ class Message(BaseModel):
     def model_post_init(self, context: Any, /) -> None:
         """After validation: the same values moved into a compact dict, the fields set
         shared with equal ones (see the class docstring)."""
-        shape = _shape(type(self))
+        cls = type(self)
+        shape = _SHAPES.get(cls) or _shape(cls)
         data = self.__dict__
-        if len(data) == len(shape.template):  # every field is set (not a partial construct)
-            compact = shape.template.copy()
+        template = shape.template
+        if len(data) == len(template):  # every field is set (not a partial construct)
+            compact = template.copy()
             compact.update(data)
-            object.__setattr__(self, "__dict__", compact)
+            _set_dict(self, "__dict__", compact)
         fields_set = self.__pydantic_fields_set__
         if isinstance(fields_set, set):
-            shared = shape.fields_sets.setdefault(frozenset(fields_set), fields_set)
-            object.__setattr__(self, "__pydantic_fields_set__", shared)
+            _set_fields_set(self, shape.fields_sets.setdefault(frozenset(fields_set), fields_set))
 
     @classmethod
     def fast(cls, **values: Any) -> Self:

@@ -18,15 +18,28 @@ dead letter (``manual=True``), the one way out of a terminal state.
 
 from __future__ import annotations
 
+import os
+import struct
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, model_validator
 
-from messages.base import FrozenDict, JsonValue, Message, empty_frozen_dict
+from messages.base import (
+    FrozenDict,
+    JsonValue,
+    Message,
+    _set_dict,
+    _set_extra,
+    _set_fields_set,
+    _set_private,
+    _shape,
+    empty_frozen_dict,
+)
 from messages.errors import InvalidTransition
 
 __all__ = [
@@ -42,6 +55,9 @@ __all__ = [
     "TaskState",
     "check_transition",
     "new_task_id",
+    "new_task_ids",
+    "queued_records",
+    "type_only_spec",
     "utcnow",
 ]
 
@@ -97,19 +113,88 @@ def check_transition(
     raise InvalidTransition(source, target, task_id)
 
 
+# A UUIDv7 (RFC 9562): 48-bit Unix ms timestamp, version 7, 12 random bits (rand_a),
+# variant 0b10, 62 random bits (rand_b). The 74 random bits are drawn as 10 bytes (80 bits,
+# the top 6 unused): rand_a is bits 62-73 of the drawn int, rand_b its low 62 bits.
+_MASK_46: Final = (1 << 46) - 1
+_MASK_48: Final = (1 << 48) - 1
+_MASK_62: Final = (1 << 62) - 1
+_MASK_74: Final = (1 << 74) - 1
+_VERSION_VARIANT: Final = (0x7 << 76) | (0b10 << 62)
+
+# A uuid.UUID made as ``uuid.UUID(int=value)`` makes it (its two slots set, ``is_safe``
+# unknown), without that constructor's argument checks: the values are made here.
+_new_object = object.__new__
+_UUID = uuid.UUID
+_set_uuid_int = uuid.UUID.__dict__["int"].__set__
+_set_uuid_is_safe = uuid.UUID.__dict__["is_safe"].__set__
+_SAFE_UNKNOWN = uuid.SafeUUID.unknown
+_unpack_80_bits = struct.Struct(">QH").iter_unpack  # 10 bytes: the high 64 bits, the low 16
+
+
+def _uuid7_int(stamped: int) -> int:
+    """The int of the UUIDv7 of ``stamped`` (``ms << 74 | the 74 random bits``)."""
+    return (
+        ((stamped >> 74) & _MASK_48) << 80
+        | ((stamped >> 62) & 0xFFF) << 64
+        | (stamped & _MASK_62)
+        | _VERSION_VARIANT
+    )
+
+
+def _next_uuid7_int(value: int) -> int:
+    """The UUIDv7 int right after ``value``: its 74 random bits plus one, carried into the
+    timestamp when they are all ones."""
+    stamped = (value >> 80) << 74 | ((value >> 64) & 0xFFF) << 62 | (value & _MASK_62)
+    return _uuid7_int(stamped + 1)
+
+
 def new_task_id() -> uuid.UUID:
     """A time-ordered UUID (version 7): ids sort by creation time."""
-    import os
-    import time
-
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
-    value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
-    return uuid.UUID(int=value)
+    task_id = _new_object(_UUID)
+    drawn = int.from_bytes(os.urandom(10), "big")
+    _set_uuid_int(task_id, _uuid7_int(ms << 74 | (drawn & _MASK_74)))
+    _set_uuid_is_safe(task_id, _SAFE_UNKNOWN)
+    return task_id
+
+
+def new_task_ids(count: int) -> list[uuid.UUID]:
+    """``count`` time-ordered UUIDs (version 7) made at one instant, strictly increasing.
+
+    One clock reading and one draw of random bytes (10 per id) for them all: each id is
+    what :func:`new_task_id` makes of its 10 bytes, and the batch is in increasing order
+    (sorted by their random bits; in the unlikely tie, an id is the one right after the
+    one before it, counting on into the next millisecond if need be, as RFC 9562 allows),
+    so the ids of a batch sort in the order of the batch.
+    """
+    if count <= 0:
+        return []
+    top = ((time.time_ns() // 1_000_000) & _MASK_48) << 80 | _VERSION_VARIANT
+    # The bits under the timestamp, ``rand_a << 64 | rand_b``, of each 80 bits drawn as
+    # ``high << 16 | low``: sorting these sorts the ids.
+    randoms = sorted(
+        [
+            (high >> 46 & 0xFFF) << 64 | (high & _MASK_46) << 16 | low
+            for high, low in _unpack_80_bits(os.urandom(10 * count))
+        ]
+    )
+    ids: list[uuid.UUID] = []
+    append = ids.append
+    new = _new_object
+    set_int = _set_uuid_int
+    set_is_safe = _set_uuid_is_safe
+    last = -1
+    for random in randoms:
+        value = top | random
+        if value <= last:
+            value = _next_uuid7_int(last)
+        last = value
+        task_id = new(_UUID)
+        set_int(task_id, value)
+        set_is_safe(task_id, _SAFE_UNKNOWN)
+        append(task_id)
+    return ids
 
 
 def utcnow() -> datetime:
@@ -169,6 +254,9 @@ TraceContext = Annotated[
 ]
 
 
+_TYPE_MAX_LENGTH: Final = 200
+
+
 class TaskSpec(Message):
     """A task as a host submits it; validated once, at the boundary.
 
@@ -176,7 +264,7 @@ class TaskSpec(Message):
     ``required_capabilities`` are among its capabilities. Higher ``priority`` runs first.
     """
 
-    type: str = Field(min_length=1, max_length=200)
+    type: str = Field(min_length=1, max_length=_TYPE_MAX_LENGTH)
     payload: JsonValue = Field(default_factory=empty_frozen_dict)
     priority: int = Field(default=0, ge=PRIORITY_MIN, le=PRIORITY_MAX)
     required_capabilities: Capabilities = frozenset()
@@ -245,3 +333,80 @@ class TaskRecord(Message):
     def is_terminal(self) -> bool:
         """True when the task will not change state again on its own."""
         return self.state in TERMINAL_STATES
+
+
+# -- the submit path's shortcuts ---------------------------------------------------------
+# A host submits many tasks per second; these build exactly what validation and
+# TaskRecord.fast build, with less work per task.
+
+
+def type_only_spec(value: object) -> TaskSpec | None:
+    """``TaskSpec.model_validate(value)`` for the commonest input, a dict holding only a
+    valid ``"type"`` (an ASCII ``str`` of 1 to 200 characters), cheaply; None for every
+    other input, which the full validation decides (and explains, if it is invalid).
+
+    The spec is the one validation makes: every other field at its default, ``type`` as
+    the only field set (the fields set shared as validation shares it), the same compact
+    dict.
+    """
+    if type(value) is dict and len(value) == 1:
+        name = value.get("type")
+        if type(name) is str and 0 < len(name) <= _TYPE_MAX_LENGTH and name.isascii():
+            shape = _SPEC_SHAPE
+            data = shape.template.copy()  # the defaults, in a compact dict
+            data["type"] = name
+            spec: TaskSpec = _new_object(TaskSpec)
+            _set_dict(spec, "__dict__", data)
+            _set_fields_set(spec, _TYPE_ONLY)
+            _set_extra(spec, None)
+            _set_private(spec, None)
+            return spec
+    return None
+
+
+_SPEC_SHAPE = _shape(TaskSpec)
+_TYPE_ONLY = _SPEC_SHAPE.fields_sets.setdefault(frozenset({"type"}), {"type"})
+
+
+def queued_records(
+    specs: Sequence[TaskSpec], *, now: datetime, owner: str | None, max_attempts: int
+) -> tuple[TaskRecord, ...]:
+    """New records for ``specs``, in state QUEUED, with ids from :func:`new_task_ids`:
+    for each spec what ``TaskRecord.fast`` builds given every field (``max_attempts`` the
+    spec's, else the one given; created and updated ``now``; ``owner``), from one
+    template of the fields they share."""
+    shape = _RECORD_SHAPE
+    template = shape.template.copy()  # compact, as each copy of it
+    template.update(
+        state=TaskState.QUEUED,
+        attempt=0,
+        sequence=0,
+        created_at=now,
+        updated_at=now,
+        next_attempt_at=None,
+        last_error=None,
+        result=None,
+        history=(),
+        owner=owner,
+        lease_expires_at=None,
+        agent_id=None,
+    )
+    every = shape.every
+    copy = template.copy
+    records: list[TaskRecord] = []
+    append = records.append
+    for task_id, spec in zip(new_task_ids(len(specs)), specs, strict=True):
+        data = copy()
+        data["task_id"] = task_id
+        data["spec"] = spec
+        data["max_attempts"] = spec.max_attempts or max_attempts
+        record: TaskRecord = _new_object(TaskRecord)
+        _set_dict(record, "__dict__", data)
+        _set_fields_set(record, every)
+        _set_extra(record, None)
+        _set_private(record, None)
+        append(record)
+    return tuple(records)
+
+
+_RECORD_SHAPE = _shape(TaskRecord)

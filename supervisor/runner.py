@@ -94,7 +94,15 @@ from messages.pipeline import (
     Watch,
 )
 from messages.supervision import ActorStatistics, DeadLetter, GetStatistics
-from messages.task import TERMINAL_STATES, AgentSpec, TaskRecord, TaskSpec, TaskState, new_task_id
+from messages.task import (
+    TERMINAL_STATES,
+    AgentSpec,
+    TaskRecord,
+    TaskSpec,
+    TaskState,
+    queued_records,
+    type_only_spec,
+)
 from supervisor.strategy import ChildSpec, Restart, Strategy
 from supervisor.system import ActorSystem
 
@@ -697,28 +705,12 @@ class TaskRunner:
         except QueueFull:
             self._hub.publish("queue.full", None, capacity=self.config.queue_capacity)
             raise
-        now = self.clock.now()
         config = self.config
-        owner = None if self._shared else config.runner_id  # shared: the claimer's lease
-        records = tuple(
-            TaskRecord.fast(
-                task_id=new_task_id(),
-                spec=spec,
-                state=TaskState.QUEUED,
-                attempt=0,
-                max_attempts=spec.max_attempts or config.max_attempts,
-                sequence=0,
-                created_at=now,
-                updated_at=now,
-                next_attempt_at=None,
-                last_error=None,
-                result=None,
-                history=(),
-                owner=owner,
-                lease_expires_at=None,
-                agent_id=None,
-            )
-            for spec in validated
+        records = queued_records(
+            validated,
+            now=self.clock.now(),
+            owner=None if self._shared else config.runner_id,  # shared: the claimer's lease
+            max_attempts=config.max_attempts,
         )
         try:
             stored: tuple[TaskRecord, ...] | StoreError = self._peers.get("journal").ask(
@@ -735,13 +727,17 @@ class TaskRunner:
             self._admission.release(len(records))
         else:
             duplicates = sum(
-                1 for s, r in zip(stored, records, strict=True) if s.task_id != r.task_id
+                1
+                for s, r in zip(stored, records, strict=True)
+                if s.task_id is not r.task_id and s.task_id != r.task_id
             )
             self._admission.release(duplicates)
         return [TaskHandle(self, record.task_id) for record in stored]
 
     def _check_spec(self, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
-        validated = _validate(TaskSpec, spec)
+        validated = type_only_spec(spec)  # {"type": ...} alone, cheaply; else None
+        if validated is None:
+            validated = _validate(TaskSpec, spec)
         size = json_size(validated.payload)
         if size > self.config.max_payload_bytes:
             raise PayloadTooLarge(
@@ -1040,16 +1036,19 @@ _M = TypeVar("_M", bound=BaseModel)
 
 def _validate(model: type[_M], value: _M | Mapping[str, Any]) -> _M:
     """Validate at the boundary; every problem becomes one clear InvalidMessage."""
-    if isinstance(value, model):
-        return value
-    if isinstance(value, BaseModel):
-        value = value.model_dump()
-    if not isinstance(value, Mapping):
-        raise InvalidMessage(
-            f"expected a {model.__name__} or a mapping of its fields, got {type(value).__name__}"
-        )
+    if type(value) is not dict:  # a dict (the commonest) is validated as it is
+        if isinstance(value, model):
+            return value
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        if not isinstance(value, Mapping):
+            raise InvalidMessage(
+                f"expected a {model.__name__} or a mapping of its fields, "
+                f"got {type(value).__name__}"
+            )
+        value = dict(value)
     try:
-        return model.model_validate(dict(value))
+        return model.model_validate(value)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
