@@ -94,47 +94,51 @@ class Peers:
 
 
 class Admission:
-    """Credits for queue capacity: one per task between submit and leaving the queue."""
+    """Credits for queue capacity: one per task between submit and leaving the queue.
+
+    A counter under a condition, so a batch takes or gives back all its credits in one
+    step (a semaphore would cost one call per task on the submit path and in the queue).
+    A batch is admitted whole or not at all.
+    """
 
     def __init__(self, capacity: int, block_timeout_s: float | None) -> None:
         self.capacity = capacity
         self.block_timeout_s = block_timeout_s
-        self._credits = threading.Semaphore(capacity)
-        self._lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
         self._held = 0
+        self._waiting = 0  # submitters blocked for room
 
     def acquire(self, count: int) -> None:
         """Take ``count`` credits or raise QueueFull (after blocking, if configured)."""
-        taken = 0
-        deadline = None if self.block_timeout_s is None else time.monotonic() + self.block_timeout_s
-        try:
-            while taken < count:
-                if deadline is None:
-                    ok = self._credits.acquire(blocking=False)
-                else:
-                    ok = self._credits.acquire(timeout=max(0.0, deadline - time.monotonic()))
-                if not ok:
-                    raise QueueFull(
-                        f"queue is full ({self.capacity} tasks); retry later"
-                        + (f" (waited {self.block_timeout_s}s)" if deadline is not None else "")
+        with self._cond:
+            if self.capacity - self._held >= count:
+                self._held += count
+                return
+            timeout = self.block_timeout_s
+            if timeout is not None and count <= self.capacity:
+                self._waiting += 1
+                try:
+                    room = self._cond.wait_for(
+                        lambda: self.capacity - self._held >= count, timeout=timeout
                     )
-                taken += 1
-        except QueueFull:
-            for _ in range(taken):
-                self._credits.release()
-            raise
-        with self._lock:
-            self._held += count
+                finally:
+                    self._waiting -= 1
+                if room:
+                    self._held += count
+                    return
+        raise QueueFull(
+            f"queue is full ({self.capacity} tasks); retry later"
+            + (f" (waited {self.block_timeout_s}s)" if self.block_timeout_s is not None else "")
+        )
 
     def release(self, count: int) -> None:
         """Give back ``count`` credits (tasks left the queue, or were duplicates)."""
         if count <= 0:
             return
-        with self._lock:
-            count = min(count, self._held)
-            self._held -= count
-        for _ in range(count):
-            self._credits.release()
+        with self._cond:
+            self._held -= min(count, self._held)
+            if self._waiting:
+                self._cond.notify_all()
 
     @property
     def in_use(self) -> int:

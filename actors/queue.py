@@ -106,14 +106,18 @@ class QueueActor(Actor):
         state = self.state
         core = state.core
         hub = self.wiring.hub
+        listening = hub.active
+        credited = state.credited if message.admitted else None
+        push = core.push
         for record in message.records:
-            if record.task_id in core:
+            task_id = record.task_id
+            if task_id in core:
                 continue  # a redelivered message: this task is queued already
-            core.push(record)
-            if message.admitted:
-                state.credited.add(record.task_id)
-            if hub.active:
-                hub.publish("task.queued", record.task_id, priority=record.spec.priority)
+            push(record)
+            if credited is not None:
+                credited.add(task_id)
+            if listening:
+                hub.publish("task.queued", task_id, priority=record.spec.priority)
         self._dispatch()
         self._check_refill(on_demand=False)
         self._arm_deadline()

@@ -149,7 +149,11 @@ class RouterActor(Actor):
         latencies: list[float] = []
         waiting: deque[tuple[TaskRecord, float]] = deque()
         now = clock.now()
-        free = sum(view.free_slots for view in view_list if view.healthy)
+        free = sum(
+            max(0, view.max_concurrency + view.buffer - view.load)  # free_slots, inlined
+            for view in view_list
+            if view.healthy
+        )
         backlog = state.backlog
         while backlog and free > 0:
             record, ready_at = backlog.popleft()
@@ -239,7 +243,7 @@ class RouterActor(Actor):
             if not view.healthy:
                 wanted.append((view.capabilities, 0))
                 continue
-            want = view.free_slots
+            want = max(0, view.max_concurrency + view.buffer - view.load)  # free_slots
             used = min(want, waiting)
             waiting -= used
             wanted.append((view.capabilities, want - used))

@@ -110,14 +110,26 @@ class LatencyHistogram:
         """Add one latency in milliseconds; raises ``ValueError`` if negative or not finite."""
         if not 0.0 <= ms < math.inf:
             raise ValueError(f"latency must be finite and >= 0, got {ms!r}")
+        self._add(ms, self.index_of(ms))
+
+    def index_of(self, ms: float) -> int | None:
+        """The bucket of a valid latency ``ms`` (None: the zero bucket). Histograms of the
+        same relative accuracy agree, so one value recorded in several is indexed once."""
+        if ms < ZERO_THRESHOLD_MS:
+            return None
+        return math.ceil(math.log(ms) / self._log_gamma)
+
+    def _add(self, ms: float, index: int | None) -> None:
+        """Record a valid ``ms`` whose bucket is ``index`` (from :meth:`index_of`)."""
         self._count += 1
         self._sum += ms
-        self._min = min(self._min, ms)
-        self._max = max(self._max, ms)
-        if ms < ZERO_THRESHOLD_MS:
+        if ms < self._min:
+            self._min = ms
+        if ms > self._max:
+            self._max = ms
+        if index is None:
             self._zero += 1
             return
-        index = math.ceil(math.log(ms) / self._log_gamma)
         if self._floor is not None and index < self._floor:
             index = self._floor
         buckets = self._buckets
@@ -298,8 +310,9 @@ class _Series:
         self.latency = LatencyHistogram(relative_accuracy, max_buckets)
         self.rate = _Rate(alpha)
 
-    def record(self, success: bool, latency_ms: float, now: float) -> None:
-        self.latency.record(latency_ms)  # first: it validates the latency
+    def record(self, success: bool, latency_ms: float, now: float, index: int | None) -> None:
+        """Record a valid latency whose histogram bucket is ``index``."""
+        self.latency._add(latency_ms, index)
         if success:
             self.successes += 1
         else:
@@ -368,8 +381,10 @@ class PerformanceCore:
         kind = self._types.get(task_type)
         if kind is None:
             kind = self._types[task_type] = self._new_series()
-        for series in (agent, kind, self._total):
-            series.record(success, latency_ms, now)
+        index = self._total.latency.index_of(latency_ms)  # the same in every series
+        agent.record(success, latency_ms, now, index)
+        kind.record(success, latency_ms, now, index)
+        self._total.record(success, latency_ms, now, index)
 
     def record_route_latency(self, ms: float) -> None:
         """Record the time from a task being ready to its assignment to an agent."""

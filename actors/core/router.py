@@ -67,7 +67,7 @@ _agent_id: Final = operator.attrgetter("agent_id")
 
 
 def _load_share(agent: AgentView) -> float:
-    return agent.load / agent.capacity
+    return agent.load / (agent.max_concurrency + agent.buffer)  # capacity, inlined
 
 
 def is_eligible(agent: AgentView, key: frozenset[str]) -> bool:
@@ -200,7 +200,10 @@ class RouterCore:
         found = [
             agent
             for agent in agents
-            if agent.healthy and agent.load < agent.capacity and key <= agent.capabilities
+            # (is_eligible, inlined: this runs per task and per agent)
+            if agent.healthy
+            and agent.load < agent.max_concurrency + agent.buffer
+            and key <= agent.capabilities
         ]
         if len(found) > 1:
             found.sort(key=_agent_id)
