@@ -100,6 +100,14 @@ class _Letter:
         return self.future is None
 
 
+class _Alarm(_Letter):
+    """An actor's own alarm (a timer it armed, a ring from its worker threads): nobody
+    sent it and nobody waits for it, so if the actor has stopped it rings for nobody
+    instead of becoming a dead letter (which would log a warning at every shutdown)."""
+
+    __slots__ = ()
+
+
 class Pending:
     """A message taken from the mailbox by :meth:`ActorContext.take_pending` (batching)."""
 
@@ -512,8 +520,8 @@ class Cell:
             self._await_directive(shell)
 
     def _dead_letter(self, letter: _Letter, reason: str, exc: BaseException | None = None) -> None:
-        if letter is _WAKEUP:
-            return
+        if letter is _WAKEUP or (type(letter) is _Alarm and exc is None):
+            return  # an alarm of a stopped actor rings for nobody
         if letter.future is not None and exc is None:
             letter.future.set_exception(
                 exc_info=(ActorStopped, ActorStopped(f"{self.name}: {reason}"), None)
@@ -801,6 +809,12 @@ class ActorRef:
         """Send ``message`` without waiting; it is delivered in order, or dead-lettered."""
         check_immutable(message)
         self._cell.post(_Letter(message, None))
+
+    def alarm(self, message: Any) -> None:
+        """Deliver the actor's own alarm (a timer it armed): like :meth:`tell`, except
+        that an actor stopped before handling it drops it quietly (not a dead letter)."""
+        check_immutable(message)
+        self._cell.post(_Alarm(message, None))
 
     def ask_future(self, message: Any) -> pykka.ThreadingFuture[Any]:
         """Send ``message`` and return a future of the actor's answer."""

@@ -232,8 +232,7 @@ def ring(ref: ActorRef, alarm: Any) -> None:
     """Deliver an actor's own alarm (a timer it armed), unless the actor has stopped for
     good: then the alarm rings for nobody. Nobody sent it, nobody waits for it, so it is
     not a dead letter (which would log a warning at every shutdown)."""
-    if ref.is_alive():
-        ref.tell(alarm)
+    ref.alarm(alarm)
 
 
 class HeldReports(Generic[_T]):

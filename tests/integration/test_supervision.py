@@ -407,6 +407,32 @@ def test_an_alarm_of_a_stopped_actor_rings_for_nobody(make_system: Any) -> None:
     assert system.dead_letter_office.total == before + 1
 
 
+def test_an_alarm_waiting_in_the_mailbox_of_an_actor_that_stops_rings_for_nobody(
+    make_system: Any,
+) -> None:
+    from actors.pipeline import ring
+    from messages.pipeline import Tick
+
+    system = make_system()
+    journal: list[tuple[int, Any]] = []
+    ref = system.spawn(child(name="busy", factory=recorder(journal)))
+    _BLOCKERS["alarm"] = threading.Event()
+    cell = system.runtime.cells["busy"]
+    ref.tell(Block("alarm"))
+    wait_for(lambda: cell.current is not None)  # the actor is held in the block
+    ring(ref, Tick(at=3.0))  # both wait behind the block...
+    ref.tell("sent")
+    before = system.dead_letter_office.total
+    stopping = threading.Thread(target=system.stop_child, args=("busy",))
+    stopping.start()
+    wait_for(lambda: cell.control_pending)  # ...when the stop arrives
+    _BLOCKERS["alarm"].set()
+    stopping.join(WAIT_S)
+    assert journal == []  # neither was handled
+    assert [letter.message for letter in system.dead_letters()[-1:]] == ["sent"]
+    assert system.dead_letter_office.total == before + 1  # the alarm was not counted
+
+
 def test_slow_shutdown_is_abandoned_after_its_timeout(make_system: Any) -> None:
     system: ActorSystem = make_system()
     _BLOCKERS["slow-stop"] = threading.Event()
