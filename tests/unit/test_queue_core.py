@@ -17,7 +17,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from actors.core.queue import DEFAULT_CAPACITY, TaskQueueCore, routing_key
+from actors.core import queue as queue_module
+from actors.core.queue import DEFAULT_CAPACITY, TaskQueueCore, key_of, routing_key
 from messages.errors import QueueFull
 from messages.task import TaskRecord, TaskSpec, new_task_id
 
@@ -739,3 +740,21 @@ QueueMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestQueueMachine = QueueMachine.TestCase
+
+
+def test_routing_keys_are_built_once_per_type_and_requirements(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(queue_module, "_KEYS", {})
+    first = key_of("code", frozenset({"python"}))
+    assert first == frozenset({"code", "python"})
+    assert key_of("code", frozenset({"python"})) is first  # the remembered object
+    assert key_of("code", frozenset()) == frozenset({"code"})
+    assert len(queue_module._KEYS) == 2
+    monkeypatch.setattr(queue_module, "_KEYS_MAX", 2)  # full: keys are built, not kept
+    extra = key_of("mail", frozenset())
+    assert extra == frozenset({"mail"}) and key_of("mail", frozenset()) is not extra
+    assert len(queue_module._KEYS) == 2
+    monkeypatch.setattr(queue_module, "_KEYS_MAX", 3)  # one more fits
+    kept = key_of("mail", frozenset())
+    assert key_of("mail", frozenset()) is kept and len(queue_module._KEYS) == 3

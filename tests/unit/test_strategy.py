@@ -166,6 +166,18 @@ def test_backoff_and_childspec_validation() -> None:
         ChildSpec(name="a", factory=object, shutdown_timeout_s=-1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="hang"):
         ChildSpec(name="a", factory=object, hang_timeout_s=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^hang_timeout_s must be > 0$"):
+        ChildSpec(name="a", factory=object, hang_timeout_s=-0.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^a dispatcher name must be non-empty$"):
+        ChildSpec(name="a", factory=object, dispatcher="")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^shutdown_timeout_s must be >= 0$"):
+        ChildSpec(name="a", factory=object, shutdown_timeout_s=-0.1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="non-empty and without '/'"):
+        ChildSpec(name="", factory=object)  # type: ignore[arg-type]
+    # The edges are accepted: no timeouts, a zero shutdown timeout, a named dispatcher.
+    edge = ChildSpec(name="a", factory=object, shutdown_timeout_s=0, dispatcher="d")  # type: ignore[arg-type]
+    assert (edge.shutdown_timeout_s, edge.hang_timeout_s, edge.dispatcher) == (0, None, "d")
+    assert ChildSpec(name="a", factory=object, hang_timeout_s=0.01).hang_timeout_s == 0.01  # type: ignore[arg-type]
 
 
 def child(**options: object) -> ChildSpec:
