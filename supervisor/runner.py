@@ -440,6 +440,10 @@ class TaskRunner:
                 claimer, wiring, store, settings, self._local_agents
             )
             names.insert(names.index("queue") + 1, "claimer")
+        if self._shared:
+            # Shared PostgreSQL mode keeps a thread per actor for now: a multi-runner
+            # acceptance test (a worker paused past its lease) fails on the dispatcher.
+            self._dispatcher = None
         shared = {"performance", "registry", "retry", "queue", "router"}
         if store.url.startswith("memory:"):
             shared.add("journal")  # a memory store never waits
