@@ -310,7 +310,7 @@ def _worker(args: argparse.Namespace) -> int:
                 unfinished=runner.unfinished(),
                 drain=args.drain,
             )
-            _warn_unhandled(args.store, set(handlers))
+            _warn_unhandled(runner, args.store, set(handlers))
             reason = _serve(runner, signals, drain=args.drain)
             if reason == "signal":  # finish what is unfinished, within the limit
                 _log.info(
@@ -428,13 +428,21 @@ def _worker_summary(runner: TaskRunner, reason: str) -> dict[str, Any]:
     }
 
 
-def _warn_unhandled(url: str, types: set[str]) -> None:
+def _warn_unhandled(runner: TaskRunner, url: str, types: set[str]) -> None:
     """Say so when unfinished tasks need another worker: a drain (--drain, or after a
-    signal) waits for every unfinished task, these too."""
+    signal) waits for every unfinished task, these too.
+
+    Read through the runner's store (no second connection pool to open: a worker paused
+    while opening one found it timed out when resumed, and exited). Only advice: a store
+    that fails this read is logged, and the worker goes on."""
     if _sqlite_file(url) is None and not url.startswith("postgres"):
         return  # memory://: nothing but this runner's own tasks
-    with open_store(url) as store:
-        waiting = [r.spec.type for r in store.recoverable() if r.spec.type not in types]
+    try:
+        unfinished = runner.unfinished_records()
+    except StoreError as exc:
+        _log.warning("worker.unhandled_check_failed", error=str(exc))
+        return
+    waiting = [r.spec.type for r in unfinished if r.spec.type not in types]
     if waiting:
         _log.warning(
             "worker.unhandled_types",

@@ -852,6 +852,12 @@ class TaskRunner:
         counts = self._require_store().counts()
         return sum(n for state, n in counts.items() if state not in TERMINAL_STATES)
 
+    def unfinished_records(self) -> list[TaskRecord]:
+        """Every task of the store not in a terminal state, by (priority desc, sequence
+        asc), read through the runner's own store connection (a shared store holds other
+        runners' tasks too)."""
+        return self._require_store().recoverable()
+
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until no task is unfinished; True if that happened within ``timeout``."""
         limit = self.config.drain_timeout_s if timeout is None else timeout

@@ -638,3 +638,16 @@ def test_start_freezes_what_is_alive_for_the_garbage_collector_unless_told_not_t
         later: list[object] = [[]]
         assert watched(later)  # what comes after is collected as usual
         runner.stop(drain=False)
+
+
+def test_unfinished_records_lists_what_is_not_finished_in_queue_order(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    runner = make_runner()
+    low = runner.submit(type="later", priority=1)
+    high = runner.submit(type="later", priority=5)
+    runner.register_agent(agent("now", "now"), echo)
+    runner.submit(type="now").result(WAIT_S)  # finished: not listed
+    listed = runner.unfinished_records()
+    assert [r.task_id for r in listed] == [high.task_id, low.task_id]
+    assert all(r.state is TaskState.QUEUED for r in listed)
