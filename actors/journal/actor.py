@@ -138,6 +138,8 @@ class JournalActor(Actor):
                 others.append(item)  # type: ignore[arg-type]
         inserts = [record for append, _ in appends for record in append.records]
         updates = [record for persist in persists for record in persist.records]
+        if len(persists) > 1:
+            updates = _last_of_each(updates)
         store = self.state.store
         refused: StoreUnavailable | None = None
         try:
@@ -384,3 +386,13 @@ class JournalActor(Actor):
             for record in requeued:
                 self.hub.publish("task.queued", record.task_id, reason="dead_letter_requeued")
         return tuple(requeued)
+
+
+def _last_of_each(updates: list[TaskRecord]) -> list[TaskRecord]:
+    """The last update of each task: what a store holds after applying them all (a later
+    one replaces an earlier one), with each task written once. A batch taken under load
+    often holds a task's RUNNING and its COMPLETED. Order between different tasks does
+    not matter here: the pipeline's updates never change a spec (so never an idempotency
+    key, the one thing two tasks' updates could contend for)."""
+    last = {record.task_id: record for record in updates}
+    return updates if len(last) == len(updates) else list(last.values())

@@ -132,3 +132,29 @@ def test_reads_agree_with_a_model_whatever_the_states(moves: list[tuple[int, Tas
     assert {r.task_id for r in store.recoverable()} == {
         r.task_id for r in model.values() if r.state in LIVE
     }
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 4), st.sampled_from(list(TaskState))), min_size=1, max_size=20
+    )
+)
+def test_the_journal_writes_each_task_once_and_stores_the_same(
+    moves: list[tuple[int, TaskState]],
+) -> None:
+    """The journal keeps only each task's last update of a batch (a RUNNING and its
+    COMPLETED taken together): the store ends as if it had applied all of them."""
+    from actors.journal.actor import _last_of_each
+
+    every, once = MemoryStore().open(), MemoryStore().open()
+    records = [make_record(key=f"k{i}") for i in range(5)]
+    every.insert(records)
+    once.insert(records)
+    updates = [moved(records[i], state, attempt=n) for n, (i, state) in enumerate(moves)]
+    kept = _last_of_each(updates)
+    assert len(kept) == len({r.task_id for r in updates})
+    every.apply((), updates)
+    once.apply((), kept)
+    assert once.list_tasks() == every.list_tasks()
+    assert once.counts() == every.counts()
