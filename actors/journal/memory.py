@@ -216,16 +216,22 @@ class _Batch:
         self._old_next_sequence = store._next_sequence
 
     def _put(
-        self, task_int: int, record: TaskRecord, previous: _Entry | None, old_state: object
+        self,
+        task_int: int,
+        record: TaskRecord,
+        previous: _Entry | None,
+        old_state: TaskState | None,
     ) -> None:
+        """Store ``record`` in place of ``previous`` (None: a new task) whose state was
+        ``old_state``."""
         store = self.store
         self._old_tasks.append((task_int, _ABSENT if previous is None else previous))
         state = record.state
         store._tasks[task_int] = _pack(record) if state in TERMINAL_STATES else record
         counts = store._counts
         counts[state] += 1
-        if previous is not None:
-            counts[old_state] -= 1  # type: ignore[index]
+        if old_state is not None:
+            counts[old_state] -= 1
 
     def _set_key(self, key: str, task_int: int | None) -> None:
         keys = self.store._keys
