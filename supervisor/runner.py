@@ -49,7 +49,7 @@ from actors.core.retry import RetryPolicy
 from actors.core.router import RouterCore
 from actors.events import EventsActor
 from actors.health import HealthActor, HealthCheck, HealthState, RegisterCheck
-from actors.journal.actor import JournalActor, JournalState
+from actors.journal.actor import JournalActor, JournalState, hand_to_queue, new_records
 from actors.journal.store import TaskStore, open_store
 from actors.performance import PerformanceActor, PerformanceState
 from actors.pipeline import Admission, EventHub, Peers, ResultWaiters, SystemClock, Wiring
@@ -311,6 +311,7 @@ class TaskRunner:
         self._redelivered = 0
         self._recovered = 0
         self._shared = False
+        self._direct_inserts = False  # submit stores new tasks itself (see _insert)
         self._claimer_state = ClaimerState()
         self._agent_slots: dict[str, tuple[frozenset[str], int]] = {}
         self._stop_listening: Callable[[], None] | None = None
@@ -346,6 +347,9 @@ class TaskRunner:
             store.close()
             raise
         system.dead_letter_office.subscribe(self._rescue)
+        self._direct_inserts = (
+            store.concurrent_inserts and not self._shared and self._journal_state.local is None
+        )
         self._accepting = True
         if config.recover and not self._shared:
             self._recover()
@@ -719,9 +723,13 @@ class TaskRunner:
             max_attempts=config.max_attempts,
         )
         try:
-            stored: tuple[TaskRecord, ...] | StoreError = self._peers.get("journal").ask(
-                Append.fast(records=records, redelivered=False), timeout=60.0
-            )
+            stored: tuple[TaskRecord, ...] | StoreError
+            if self._direct_inserts:
+                stored = self._insert(records)
+            else:
+                stored = self._peers.get("journal").ask(
+                    Append.fast(records=records, redelivered=False), timeout=60.0
+                )
         except BaseException:
             self._admission.release(len(records))
             raise
@@ -739,6 +747,15 @@ class TaskRunner:
             )
             self._admission.release(duplicates)
         return [TaskHandle(self, record.task_id) for record in stored]
+
+    def _insert(self, records: tuple[TaskRecord, ...]) -> tuple[TaskRecord, ...]:
+        """Store new tasks from the calling thread and hand them to the queue (a store with
+        ``concurrent_inserts``: no round trip through the journal's thread)."""
+        stored = self._require_store().insert(records)
+        fresh = new_records(stored, records)
+        if fresh:
+            hand_to_queue(fresh, self._peers, self._hub)
+        return tuple(stored)
 
     def _check_spec(self, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
         validated = type_only_spec(spec)  # {"type": ...} alone, cheaply; else None

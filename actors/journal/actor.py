@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -43,7 +43,7 @@ from messages.pipeline import (
 )
 from messages.task import TaskRecord, TaskState
 
-__all__ = ["JournalActor", "JournalState"]
+__all__ = ["JournalActor", "JournalState", "hand_to_queue", "new_records", "publish_submitted"]
 
 _RETRY_FIRST_S: Final = 0.05  # first wait before writing again to an unavailable store
 _RETRY_CAP_S: Final = 2.0  # longest wait between two attempts
@@ -165,9 +165,7 @@ class JournalActor(Actor):
         for append, item in appends if refused is None else ():
             mine = stored[offset : offset + len(append.records)]
             offset += len(append.records)
-            fresh.extend(
-                s for s, r in zip(mine, append.records, strict=True) if s.task_id == r.task_id
-            )
+            fresh.extend(new_records(mine, append.records))
             if item is None:
                 answer_first = tuple(mine)
             else:
@@ -181,13 +179,10 @@ class JournalActor(Actor):
         if fresh:
             if self.state.local is not None:
                 self.state.local.update(record.task_id for record in fresh)
-            if self.hub.active:
-                for record in fresh:
-                    self.hub.publish("task.submitted", record.task_id, type=record.spec.type)
-            if not store.shared:  # shared: a claimer (maybe another runner's) takes them
-                self.peers.get("queue").tell(
-                    Enqueue.fast(records=tuple(fresh), admitted=True, redelivered=False)
-                )
+            if store.shared:  # a claimer (maybe another runner's) takes them
+                publish_submitted(fresh, self.hub)
+            else:
+                hand_to_queue(fresh, self.peers, self.hub)
         for record in updates:
             if record.state in (TaskState.COMPLETED, TaskState.CANCELLED, TaskState.DEAD_LETTERED):
                 if fenced and record.task_id in fenced:
@@ -396,3 +391,23 @@ def _last_of_each(updates: list[TaskRecord]) -> list[TaskRecord]:
     key, the one thing two tasks' updates could contend for)."""
     last = {record.task_id: record for record in updates}
     return updates if len(last) == len(updates) else list(last.values())
+
+
+def new_records(stored: Sequence[TaskRecord], submitted: Sequence[TaskRecord]) -> list[TaskRecord]:
+    """The records of ``stored`` (a store's answer to inserting ``submitted``) that are new
+    tasks: a duplicate's place holds the existing task, with another id."""
+    return [s for s, r in zip(stored, submitted, strict=True) if s.task_id == r.task_id]
+
+
+def publish_submitted(fresh: Sequence[TaskRecord], hub: EventHub) -> None:
+    """``task.submitted`` for each new task, if anyone listens."""
+    if hub.active:
+        for record in fresh:
+            hub.publish("task.submitted", record.task_id, type=record.spec.type)
+
+
+def hand_to_queue(fresh: Sequence[TaskRecord], peers: Peers, hub: EventHub) -> None:
+    """New tasks, just stored, go to the queue (which gives their admission credits back
+    when they leave it)."""
+    publish_submitted(fresh, hub)
+    peers.get("queue").tell(Enqueue.fast(records=tuple(fresh), admitted=True, redelivered=False))

@@ -63,6 +63,8 @@ class MemoryStore(TaskStore):
     undo log before the lock is released.
     """
 
+    concurrent_inserts = True  # every operation holds the lock: any thread may insert
+
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._open = False

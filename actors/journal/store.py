@@ -30,7 +30,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, ClassVar, Final, Literal, Self
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from messages import TaskRecord, TaskState
@@ -70,7 +70,8 @@ class TaskStore(ABC):
 
     A store is owned by one thread (the journal actor's) which does every write; other
     threads may read (``get``, ``counts``, ...) at the same time, and always see whole
-    batches, never half of one. Writes are batches applied in ONE transaction: either all
+    batches, never half of one. A store with ``concurrent_inserts`` also takes inserts
+    from any thread (the submitting one). Writes are batches applied in ONE transaction: either all
     of a batch is stored or, when any part fails, none of it, and the error propagates.
 
     Semantics every backend shares:
@@ -210,6 +211,13 @@ class TaskStore(ABC):
     def dead_letters(self, limit: int = DEFAULT_LIST_LIMIT) -> list[TaskRecord]:
         """Dead-lettered tasks, oldest first (``list_tasks(DEAD_LETTERED, limit)``)."""
         return self.list_tasks(TaskState.DEAD_LETTERED, limit)
+
+    concurrent_inserts: ClassVar[bool] = False
+    """True when any thread may call :meth:`insert` while the journal writes (an
+    in-process store behind its own lock). ``submit`` then stores new tasks itself and
+    hands them to the queue, instead of a round trip through the journal's thread, which
+    on the benchmark VM was 0.24 ms of a 0.25 ms ``submit``. A task's updates still come
+    after its insert: nothing can update a task before the queue has it."""
 
     # -- shared mode: many runners on one store (optional) -------------------------------
     #

@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -175,6 +176,43 @@ def test_submit_can_wait_for_room(make_runner: Callable[..., TaskRunner]) -> Non
         assert runner.submit(type="code", payload=2).result(WAIT_S) == 2
     finally:
         opener.cancel()
+
+
+@pytest.mark.parametrize("store", ["memory://", "sqlite"])
+def test_a_used_idempotency_key_returns_the_existing_task_and_gives_its_credit_back(
+    make_runner: Callable[..., TaskRunner], store: str, tmp_path: Path
+) -> None:
+    # memory:// stores new tasks from the submitting thread (concurrent_inserts); sqlite
+    # through the journal's thread. Both answer a duplicate the same way.
+    url = store if store == "memory://" else f"sqlite:///{tmp_path}/tasks.db"
+    gate = Gate()
+    runner = make_runner(store=url, queue_capacity=2)
+    first = runner.submit(type="code", payload=1, idempotency_key="k1")
+    again = runner.submit(type="code", payload=2, idempotency_key="k1")
+    assert again.task_id == first.task_id
+    # The duplicate holds no credit: there is room for exactly one more task.
+    second = runner.submit(type="code", payload=3)
+    with pytest.raises(QueueFull):
+        runner.submit(type="code", payload=4)
+    runner.register_agent(agent(), gate)
+    gate.open.set()
+    assert [first.result(WAIT_S), second.result(WAIT_S)] == [1, 3]
+    assert gate.started == [1, 3]  # the duplicate never ran
+    assert runner.status()["counts"]["completed"] == 2
+
+
+def test_the_memory_store_takes_submits_without_a_journal_commit(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    runner = make_runner()
+    journal = runner._peers.get("journal")
+    commits = runner._actor_statistics(journal)["commits"]
+    handles = runner.submit_many([{"type": "code", "payload": n} for n in range(3)])
+    # Stored before submit returned, by the calling thread; the journal wrote nothing.
+    assert [runner.get(h.task_id).state for h in handles] == [TaskState.QUEUED] * 3
+    assert runner._actor_statistics(journal)["commits"] == commits
+    runner.register_agent(agent(), echo)
+    assert [h.result(WAIT_S)["payload"] for h in handles] == [0, 1, 2]
 
 
 def test_a_queued_task_can_be_cancelled(make_runner: Callable[..., TaskRunner]) -> None:
