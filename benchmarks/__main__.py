@@ -22,14 +22,22 @@ from benchmarks.report import (
     MEMORY_WORKLOAD,
     NOOP_WORKLOAD,
     PACED_WORKLOAD,
+    SCALING_WORKLOAD,
     SUBMIT_WORKLOAD,
     THROUGHPUT_METRIC,
     RunResult,
 )
+from benchmarks.workloads import Scale
 
-WORKLOADS: tuple[str, ...] = (NOOP_WORKLOAD, PACED_WORKLOAD, SUBMIT_WORKLOAD, MEMORY_WORKLOAD)
+WORKLOADS: tuple[str, ...] = (
+    NOOP_WORKLOAD,
+    PACED_WORKLOAD,
+    SUBMIT_WORKLOAD,
+    MEMORY_WORKLOAD,
+    SCALING_WORKLOAD,
+)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-DEFAULT_RATES: tuple[float, ...] = (500.0, 1000.0)
+DEFAULT_RATES: tuple[float, ...] = (500.0, 1000.0, 2000.0)
 
 # (noop and submit tasks, paced tasks per rate, queued tasks for memory) per run size.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -37,6 +45,35 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "default": (20_000, 3_000, 100_000),
     "full": (100_000, 10_000, 1_000_000),
 }
+
+
+# Scaling points per run size: queue depths, agents (worker threads), payload bytes, and
+# the completions each point is measured over.
+SCALING: dict[str, dict[str, tuple[int, ...]]] = {
+    "quick": {"depth": (1_000, 10_000), "agents": (1, 16), "payload": (100, 10_000), "n": (2_000,)},
+    "default": {
+        "depth": (1_000, 10_000, 100_000),
+        "agents": (1, 4, 16, 64),
+        "payload": (100, 1_000, 10_000, 100_000),
+        "n": (5_000,),
+    },
+    "full": {
+        "depth": (1_000, 10_000, 100_000, 1_000_000),
+        "agents": (1, 4, 16, 64),
+        "payload": (100, 1_000, 10_000, 100_000),
+        "n": (10_000,),
+    },
+}
+
+
+def scaling_points(size: str) -> list[Scale]:
+    """The scaling workloads of a run size, in the order they run."""
+    plan = SCALING[size]
+    return [
+        *(Scale(depth=d) for d in plan["depth"]),
+        *(Scale(workers=w) for w in plan["agents"]),
+        *(Scale(payload_bytes=b) for b in plan["payload"]),
+    ]
 
 
 def _csv(value: str) -> list[str]:
@@ -77,13 +114,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--rates",
         type=lambda v: [float(x) for x in _csv(v)],
         default=list(DEFAULT_RATES),
-        help="offered rates for paced_latency, tasks/s (default: 500,1000)",
+        help="offered rates for paced_latency, tasks/s (default: 500,1000,2000)",
     )
     parser.add_argument(
         "--peer-threads",
         type=int,
         default=PEER_THREADS,
         help=f"worker threads of each peer (default {PEER_THREADS})",
+    )
+    parser.add_argument(
+        "--scaling-n",
+        type=int,
+        default=None,
+        help="override the completions each scaling point is measured over",
     )
     parser.add_argument("--list", action="store_true", help="list the systems and exit")
     args = parser.parse_args(argv)
@@ -92,12 +135,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.n = args.n or noop_n
     args.paced_n = args.paced_n or paced_n
     args.memory_n = args.memory_n or memory_n
+    args.scaling_n = args.scaling_n or SCALING[args.size]["n"][0]
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
-    sizes = (args.n, args.paced_n, args.memory_n, args.repeats, args.peer_threads)
+    sizes = (args.n, args.paced_n, args.memory_n, args.repeats, args.peer_threads, args.scaling_n)
     if any(v <= 0 for v in sizes):
-        parser.error("--n, --paced-n, --memory-n, --repeats and --peer-threads must be positive")
+        parser.error(
+            "--n, --paced-n, --memory-n, --repeats, --peer-threads and --scaling-n must be positive"
+        )
     if any(r <= 0 for r in args.rates):
         parser.error("--rates must be positive")
     return args
@@ -164,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "submit_n": args.n,
         "memory_n": args.memory_n,
         "peer_threads": args.peer_threads,
+        "scaling_n": args.scaling_n,
+        "scaling": {k: v for k, v in SCALING[args.size].items() if k != "n"},
         "workloads": args.workloads,
         "systems": selected,
         "source_revision": _source_revision(),
@@ -218,6 +266,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workloads.memory_timeout_s(args.memory_n) + 30.0,
             )
             _record(result, outcome)
+    if SCALING_WORKLOAD in args.workloads:
+        for scale in scaling_points(args.size):
+            print(
+                f"== {scale.workload}: no-op tasks, rate of {scale.measured(args.scaling_n):,} "
+                "completions"
+            )
+            for name, system in _supporting(runnable, "scaled_throughput"):
+                kinds = getattr(system, "scaling_kinds", None)
+                if kinds is not None and scale.kind not in kinds:
+                    print(f"  {name}: does not scale with {scale.kind}, not run")
+                    continue
+                _record(result, workloads.run_scaling(name, system, args.scaling_n, scale))
     result.finished_at = _now()
     result.config["elapsed_s"] = round(time.monotonic() - t0, 1)
 

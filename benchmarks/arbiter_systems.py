@@ -41,6 +41,11 @@ Workloads:
   of ``SUBMIT_BATCH``, ``tasks_per_s_single_submit`` is ``min(N, SINGLE_SUBMIT_MAX)`` tasks
   through one ``submit()`` each (a fresh runner each). Each call returns once the tasks are
   in the store.
+* ``scaled_throughput`` (``scaling_*``): as ``noop_throughput``, with ``workers`` agents of
+  one slot each (agents scaling: the router picks among that many), with the payload
+  ``{"blob": "x" * bytes}``, or with ``depth`` tasks submitted before the agents register
+  (timed from the registration to the ``min(n, depth)``-th completion; the rest are not
+  drained).
 * ``memory_per_queued_task``: no agents; N tasks submitted in batches, then wait until the
   queue actor holds all N (``status()["queue"]["depth"]``); tracemalloc bytes per task
   (store + queue + everything else the runner keeps for a queued task). For
@@ -62,6 +67,7 @@ from benchmarks.report import BYTES_METRIC, SINGLE_SUBMIT_METRIC, THROUGHPUT_MET
 from benchmarks.systems import ARBITER_PACKAGES
 from benchmarks.workloads import (
     Completion,
+    Scale,
     clock,
     latency_result,
     noop_timeout_s,
@@ -109,7 +115,14 @@ def _quiet_logging() -> None:
 
 
 def _submit_in_batches(submit_many: Callable[[list[dict[str, Any]]], Any], n: int) -> None:
-    batch = [{"type": TASK_TYPE}] * SUBMIT_BATCH
+    _submit_specs(submit_many, {"type": TASK_TYPE}, n)
+
+
+def _submit_specs(
+    submit_many: Callable[[list[dict[str, Any]]], Any], spec: dict[str, Any], n: int
+) -> None:
+    """``n`` copies of ``spec`` through ``submit_many`` in batches of ``SUBMIT_BATCH``."""
+    batch = [spec] * SUBMIT_BATCH
     left = n
     while left > 0:
         k = min(SUBMIT_BATCH, left)
@@ -157,8 +170,17 @@ class _Arbiter:
         return max(1, self.threads // self.agents)
 
     @contextmanager
-    def _runner(self, n: int, handler: Callable[[Any], Any] | None = None) -> Iterator[Any]:
-        """A started runner (with the agents when ``handler`` is given); stopped after."""
+    def _runner(
+        self,
+        n: int,
+        handler: Callable[[Any], Any] | None = None,
+        *,
+        agents: tuple[int, int] | None = None,
+        drain: bool = True,
+    ) -> Iterator[Any]:
+        """A started runner (with the agents when ``handler`` is given: ``agents`` is
+        (count, max_concurrency), else the system's own set-up); stopped after, drained
+        first unless ``drain`` is False."""
         from messages import AgentSpec
         from supervisor import RunnerConfig, TaskRunner
 
@@ -172,18 +194,19 @@ class _Arbiter:
             )
             runner = TaskRunner.start(config)
             try:
+                count, concurrency = agents or (self.agents, self._concurrency())
                 if handler is not None:
-                    for i in range(self.agents):
+                    for i in range(count):
                         runner.register_agent(
                             AgentSpec(
                                 agent_id=f"bench-{i}",
                                 capabilities={TASK_TYPE},
-                                max_concurrency=self._concurrency(),
+                                max_concurrency=concurrency,
                             ),
                             handler,
                         )
                 yield runner
-                if handler is not None and not runner.drain(DRAIN_TIMEOUT_S):
+                if handler is not None and drain and not runner.drain(DRAIN_TIMEOUT_S):
                     raise RuntimeError(
                         f"{runner.unfinished()} tasks not recorded as finished "
                         f"{DRAIN_TIMEOUT_S:.0f}s after the last handler completed"
@@ -222,6 +245,51 @@ class ArbiterSystem(_Arbiter):
             _submit_in_batches(runner.submit_many, n)
             completion.wait(noop_timeout_s(n))
         return throughput(n, started, completion)
+
+    def scaled_throughput(self, n: int, scale: Scale) -> float:
+        """See :class:`~benchmarks.workloads.Scale`: ``workers`` agents of one slot each;
+        ``depth`` tasks submitted before any agent registers (the clock starts as the
+        agents register)."""
+        measured = scale.measured(n)
+        completion = Completion(measured)
+        hit = completion.hit
+        blob = scale.blob()
+        spec: dict[str, Any] = {"type": TASK_TYPE}
+        if blob is not None:
+            spec["payload"] = {"blob": blob}
+        agents = None if scale.workers is None else (scale.workers, 1)
+        total = scale.depth or n
+
+        def handler(task: Any) -> None:
+            hit(None)
+
+        # With a depth, nothing runs before the agents register: they come after the fill.
+        with self._runner(
+            total, None if scale.depth else handler, agents=agents, drain=not scale.depth
+        ) as runner:
+            if scale.depth:
+                _submit_specs(runner.submit_many, spec, scale.depth)
+                count, concurrency = agents or (self.agents, self._concurrency())
+                started = clock()
+                for i in range(count):
+                    runner.register_agent(
+                        {
+                            "agent_id": f"bench-{i}",
+                            "capabilities": [TASK_TYPE],
+                            "max_concurrency": concurrency,
+                        },
+                        handler,
+                    )
+            else:
+                started = clock()
+                _submit_specs(runner.submit_many, spec, n)
+            completion.wait(noop_timeout_s(measured))
+            if scale.depth:
+                # The rest of the queue is not drained: the agents leave first (giving
+                # back what they hold), so that nothing is still running at the stop.
+                for agent_id in runner.agents():
+                    runner.deregister_agent(agent_id)
+        return throughput(measured, started, completion)
 
     def paced_latency(self, rate_per_s: float, n: int) -> dict[str, dict[str, float]]:
         completion = Completion(n, record_latency=True)
@@ -287,6 +355,7 @@ class ArbiterPrefetch(ArbiterSystem):
 
     durable_submit = None  # type: ignore[assignment]
     memory_per_queued_task = None  # type: ignore[assignment]
+    scaled_throughput = None  # type: ignore[assignment]
 
 
 SYSTEMS: dict[str, Any] = {

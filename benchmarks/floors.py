@@ -7,6 +7,10 @@
   cost of a pipeline of 4 actor hops per task with no batching at all, the floor Arbiter's
   own actor pipeline is compared with.
 
+Scaling (``scaled_throughput``): ``floor-queue`` runs ``workers`` consumer threads on one
+SimpleQueue, prefilled with ``depth`` items before they start, each item the task's payload
+dict; ``floor-pykka-4hop`` scales only with the payload (the dict is told down the chain).
+
 With no consumer (``durable_submit``, ``memory_per_queued_task``): ``floor-queue`` puts the
 items into a SimpleQueue nobody reads; ``floor-pykka-4hop`` tells them to the head actor of
 the chain, which is held busy on its first message, so the rest wait in its inbox (one pykka
@@ -23,6 +27,7 @@ from typing import Any
 from benchmarks.report import BYTES_METRIC, THROUGHPUT_METRIC
 from benchmarks.workloads import (
     Completion,
+    Scale,
     clock,
     latency_result,
     noop_timeout_s,
@@ -86,6 +91,38 @@ class QueueFloor:
         )
         return latency_result(completion)
 
+    def scaled_throughput(self, n: int, scale: Scale) -> float:
+        """``workers`` consumers (default 1) on one SimpleQueue; see :class:`Scale`."""
+        measured = scale.measured(n)
+        completion = Completion(measured)
+        blob = scale.blob()
+        item = None if blob is None else {"blob": blob}
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(scale.depth):
+            q.put(item)
+
+        def consume() -> None:
+            get = q.get
+            hit = completion.hit
+            while get() is not _STOP:
+                hit(None)
+
+        consumers = [
+            threading.Thread(target=consume, name=f"floor-queue-consumer-{i}", daemon=True)
+            for i in range(scale.workers or 1)
+        ]
+        started = clock()
+        for consumer in consumers:
+            consumer.start()
+        try:
+            for _ in range(0 if scale.depth else n):
+                q.put(item)
+            completion.wait(noop_timeout_s(measured))
+        finally:
+            for _ in consumers:
+                q.put(_STOP)
+        return throughput(measured, started, completion)
+
     def durable_submit(self, n: int) -> dict[str, float]:
         q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         put = q.put
@@ -115,6 +152,7 @@ class PykkaFloor:
 
     packages: tuple[str, ...] = ("pykka",)
     hops = 4
+    scaling_kinds: tuple[str, ...] = ("payload",)
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -174,6 +212,23 @@ class PykkaFloor:
             paced_timeout_s(rate_per_s, n),
         )
         return latency_result(completion)
+
+    def scaled_throughput(self, n: int, scale: Scale) -> float:
+        """Payload scaling only: each message is the task's payload dict."""
+        if scale.kind != "payload":
+            raise ValueError(f"floor-pykka-4hop does not scale with {scale.kind}")
+        completion = Completion(n)
+        blob = scale.blob()
+        item = None if blob is None else {"blob": blob}
+        started: list[float] = []
+
+        def produce(tell: Any) -> None:
+            started.append(clock())
+            for _ in range(n):
+                tell(item)
+
+        self._run(completion, produce, noop_timeout_s(n))
+        return throughput(n, started[0], completion)
 
     def _held(self, measure: Any) -> Any:
         """Run ``measure(tell)`` against a head actor held busy: what is told stays queued."""

@@ -23,6 +23,12 @@ the shared ``Completion`` counter. Throughput = N / (last completion - first enq
   to 10 ms through ``broker_transport_options``. A fresh queue name per run, because the
   memory transport's queues are process-global.
 
+``scaled_throughput`` (the scaling workloads) uses the same set-up with ``workers`` worker
+threads, the payload string as a second task argument (serialised by the peer as JSON, or
+pickled by huey, as in production), and for ``depth`` the tasks enqueued before the
+worker/consumer starts. Celery's depth runs stop at ``CeleryPeer.max_depth`` (its memory
+transport takes ~3,500 enqueues/s here: a million would be five minutes of filling).
+
 ``durable_submit`` and ``memory_per_queued_task`` set the same broker/app up without the
 worker/consumer and enqueue from the calling thread: the rate of the enqueue calls, and the
 tracemalloc bytes the queued messages hold. None of these brokers is durable (they are
@@ -43,6 +49,7 @@ from typing import Any
 from benchmarks.report import BYTES_METRIC, THROUGHPUT_METRIC
 from benchmarks.workloads import (
     Completion,
+    Scale,
     clock,
     latency_result,
     noop_timeout_s,
@@ -65,8 +72,10 @@ def _missing(module: str) -> str | None:
     return None
 
 
-# An enqueue function takes the task's scheduled time (or None for no-op throughput).
-Enqueue = Callable[[float | None], Any]
+# An enqueue function takes the task's scheduled time (or None for no-op throughput) and,
+# optionally, a payload string.
+Enqueue = Callable[..., Any]
+BeforeStart = Callable[[Enqueue], None]
 
 
 class _Peer:
@@ -81,12 +90,40 @@ class _Peer:
     def unavailable_reason(self) -> str | None:
         return _missing(self.module)
 
+    max_depth: int | None = None
+    """The deepest queue a ``depth`` scaling run fills (None: any)."""
+
     def _session(
-        self, completion: Completion, consume: bool = True
+        self, completion: Completion, consume: bool = True, before_start: BeforeStart | None = None
     ) -> AbstractContextManager[Enqueue]:
         """Set the peer up (with its worker unless ``consume`` is False), yield its enqueue
-        function, tear it down."""
+        function, tear it down. ``before_start(enqueue)`` runs just before the worker
+        starts (to fill the queue first)."""
         raise NotImplementedError
+
+    def scaled_throughput(self, n: int, scale: Scale) -> float:
+        """See :class:`~benchmarks.workloads.Scale`."""
+        if self.max_depth is not None and scale.depth > self.max_depth:
+            raise ValueError(
+                f"not run: depth {scale.depth:,} is over this peer's max_depth "
+                f"{self.max_depth:,} (filling it would take minutes)"
+            )
+        peer = self if scale.workers is None else type(self)(threads=scale.workers)
+        measured = scale.measured(n)
+        completion = Completion(measured)
+        blob = scale.blob()
+        started: list[float] = []
+
+        def fill(enqueue: Enqueue) -> None:
+            for _ in range(scale.depth):
+                enqueue(None, blob)
+            started.append(clock())
+
+        with peer._session(completion, before_start=fill) as enqueue:
+            for _ in range(0 if scale.depth else n):
+                enqueue(None, blob)
+            completion.wait(noop_timeout_s(measured))
+        return throughput(measured, started[0], completion)
 
     def noop_throughput(self, n: int) -> float:
         completion = Completion(n)
@@ -128,7 +165,9 @@ class DramatiqPeer(_Peer):
     packages = ("dramatiq",)
 
     @contextmanager
-    def _session(self, completion: Completion, consume: bool = True) -> Iterator[Enqueue]:
+    def _session(
+        self, completion: Completion, consume: bool = True, before_start: BeforeStart | None = None
+    ) -> Iterator[Enqueue]:
         import dramatiq
         from dramatiq.brokers.stub import StubBroker
 
@@ -138,7 +177,7 @@ class DramatiqPeer(_Peer):
         dramatiq.set_broker(broker)
         hit = completion.hit
 
-        def bench_noop(scheduled_at: float | None) -> None:
+        def bench_noop(scheduled_at: float | None, blob: str | None = None) -> None:
             hit(scheduled_at)
 
         actor = dramatiq.actor(
@@ -148,6 +187,8 @@ class DramatiqPeer(_Peer):
             max_retries=0,
         )(bench_noop)
         worker = dramatiq.Worker(broker, worker_timeout=100, worker_threads=self.threads)
+        if before_start is not None:
+            before_start(actor.send)
         if consume:
             worker.start()
         try:
@@ -165,7 +206,9 @@ class HueyPeer(_Peer):
     max_delay_s = 0.01
 
     @contextmanager
-    def _session(self, completion: Completion, consume: bool = True) -> Iterator[Enqueue]:
+    def _session(
+        self, completion: Completion, consume: bool = True, before_start: BeforeStart | None = None
+    ) -> Iterator[Enqueue]:
         from huey import MemoryHuey  # type: ignore[import-untyped]
         from huey.consumer import Consumer  # type: ignore[import-untyped]
 
@@ -180,7 +223,7 @@ class HueyPeer(_Peer):
         hit = completion.hit
 
         @huey.task(name=f"bench_noop_{run}")  # type: ignore[untyped-decorator]
-        def bench_noop(scheduled_at: float | None) -> None:
+        def bench_noop(scheduled_at: float | None, blob: str | None = None) -> None:
             hit(scheduled_at)
 
         consumer = EmbeddedConsumer(
@@ -194,6 +237,8 @@ class HueyPeer(_Peer):
             check_worker_health=False,
             shutdown_timeout=5.0,
         )
+        if before_start is not None:
+            before_start(bench_noop)
         if not consume:
             yield bench_noop
             return
@@ -209,8 +254,12 @@ class CeleryPeer(_Peer):
     packages = ("celery", "kombu")
     polling_interval_s = 0.001
 
+    max_depth = 100_000
+
     @contextmanager
-    def _session(self, completion: Completion, consume: bool = True) -> Iterator[Enqueue]:
+    def _session(
+        self, completion: Completion, consume: bool = True, before_start: BeforeStart | None = None
+    ) -> Iterator[Enqueue]:
         from celery import Celery  # type: ignore[import-untyped]
         from celery.contrib.testing.worker import start_worker  # type: ignore[import-untyped]
 
@@ -230,13 +279,15 @@ class CeleryPeer(_Peer):
         hit = completion.hit
 
         @app.task(name=f"bench.noop_{run}", ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
-        def bench_noop(scheduled_at: float | None) -> None:
+        def bench_noop(scheduled_at: float | None, blob: str | None = None) -> None:
             hit(scheduled_at)
 
         # Keep celery's worker logging from drowning the harness output.
         logging.getLogger("celery").setLevel(logging.WARNING)
         worker: Any = None
         try:
+            if before_start is not None:
+                before_start(bench_noop.delay)
             if not consume:
                 yield bench_noop.delay
                 return
@@ -255,7 +306,7 @@ class CeleryPeer(_Peer):
             pool = getattr(worker, "pool", None)
             if pool is not None:
                 pool.stop()
-            if not consume:
+            if not consume or before_start is not None:
                 # Unconsumed messages would stay in the process-global memory transport.
                 with app.connection_for_write() as connection:
                     connection.default_channel.queue_delete(f"bench-{run}")

@@ -41,6 +41,10 @@ NOOP_WORKLOAD = "noop_throughput"
 PACED_WORKLOAD = "paced_latency"
 SUBMIT_WORKLOAD = "durable_submit"
 MEMORY_WORKLOAD = "memory_per_queued_task"
+SCALING_WORKLOAD = "scaling"
+SCALING_KINDS: tuple[str, ...] = ("depth", "agents", "payload")
+"""Workloads ``scaling_<kind>_<value>``: no-op throughput against queue depth (tasks
+queued before the consumers start), agents / worker threads, and payload bytes."""
 THROUGHPUT_METRIC = "tasks_per_s"
 SINGLE_SUBMIT_METRIC = "tasks_per_s_single_submit"
 BYTES_METRIC = "bytes_per_task"

@@ -21,10 +21,12 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from benchmarks.report import (
     NOOP_WORKLOAD,
+    SCALING_KINDS,
     THROUGHPUT_METRIC,
     ErrorEntry,
     Measurement,
@@ -68,6 +70,64 @@ class Completion:
             raise TimeoutError(
                 f"only {self.count}/{self.target} {what} completed within {timeout_s:.0f}s"
             )
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One point of a scaling workload (``scaled_throughput``): no-op tasks as in
+    ``noop_throughput`` with one dimension changed.
+
+    * ``depth``: that many tasks are queued before any consumer starts (not timed); the
+      figure is the rate of the first ``min(n, depth)`` completions after the consumers
+      start (does taking from a deep queue cost more?). 0: the tasks are submitted while
+      the consumers run, timed from the first submit, like ``noop_throughput``.
+    * ``workers``: consumer threads (Arbiter: that many agents of one slot each, so the
+      router chooses among ``workers`` agents; a peer: that many worker threads). None:
+      the system's usual set-up.
+    * ``payload_bytes``: each task carries a string of that many characters
+      (``{"blob": "x" * payload_bytes}``), serialised the way the system serialises tasks.
+    """
+
+    depth: int = 0
+    workers: int | None = None
+    payload_bytes: int = 0
+
+    @property
+    def kind(self) -> str:
+        """Which dimension this point varies (``SCALING_KINDS``)."""
+        if self.depth:
+            return "depth"
+        if self.workers is not None:
+            return "agents"
+        return "payload"
+
+    @property
+    def value(self) -> int:
+        if self.depth:
+            return self.depth
+        if self.workers is not None:
+            return self.workers
+        return self.payload_bytes
+
+    @property
+    def workload(self) -> str:
+        """The figure's workload name, e.g. ``scaling_depth_1000000``."""
+        assert self.kind in SCALING_KINDS
+        return f"scaling_{self.kind}_{self.value}"
+
+    def blob(self) -> str | None:
+        """The payload string of each task, or None for no payload."""
+        return "x" * self.payload_bytes if self.payload_bytes else None
+
+    def measured(self, n: int) -> int:
+        """How many completions the figure is taken over."""
+        return min(n, self.depth) if self.depth else n
+
+
+def scaling_timeout_s(n: int, scale: Scale) -> float:
+    """Watchdog limit of one scaling run: filling the queue (>= 2,000 tasks/s), the
+    measured tasks (>= 200 tasks/s, payloads of 100 KB are slow everywhere), set-up."""
+    return 60.0 + scale.depth / 2000.0 + scale.measured(n) / 200.0
 
 
 def noop_timeout_s(n: int) -> float:
@@ -322,6 +382,23 @@ def run_repeated(
         system=name,
         metrics={k: statistics.median(r[k] for r in runs) for k in keys},
         samples=tuple(r[primary] for r in runs if primary in r),
+    )
+
+
+def run_scaling(
+    name: str,
+    system: Any,
+    n: int,
+    scale: Scale,
+    log: Callable[[str], None] = print,
+) -> Measurement | ErrorEntry:
+    """One run of ``system.scaled_throughput(n, scale)`` under a watchdog."""
+    return run_once(
+        scale.workload,
+        name,
+        lambda: {THROUGHPUT_METRIC: float(system.scaled_throughput(n, scale))},
+        scaling_timeout_s(n, scale),
+        log,
     )
 
 

@@ -368,3 +368,63 @@ def test_cli_sizes_and_workload_support() -> None:
     assert not systems.supports(OnlySubmit(), "noop_throughput")
     assert systems.settings_of(OnlySubmit()) == {"agents": 1}
     assert systems.settings_of(object()) is None
+
+
+def test_scaling_points_name_their_workloads_and_cover_each_size() -> None:
+    from benchmarks import __main__ as cli
+    from benchmarks.workloads import Scale
+
+    assert Scale(depth=1_000_000).workload == "scaling_depth_1000000"
+    assert Scale(workers=16).workload == "scaling_agents_16"
+    assert Scale(payload_bytes=100).workload == "scaling_payload_100"
+    assert Scale(depth=1_000).measured(5_000) == 1_000  # no more than is queued
+    assert Scale(depth=100_000).measured(5_000) == 5_000
+    assert Scale(workers=4).measured(5_000) == 5_000
+    assert Scale().blob() is None and Scale(payload_bytes=3).blob() == "xxx"
+    full = {p.workload for p in cli.scaling_points("full")}
+    assert {"scaling_depth_1000", "scaling_depth_1000000", "scaling_agents_1"} <= full
+    assert {"scaling_agents_64", "scaling_payload_100", "scaling_payload_100000"} <= full
+    assert all(p.depth <= 10_000 for p in cli.scaling_points("quick"))
+    assert cli.parse_args(["--quick"]).scaling_n == 2_000
+    assert cli.parse_args(["--scaling-n", "9"]).scaling_n == 9
+    assert "scaling" in cli.WORKLOADS and 2000.0 in cli.DEFAULT_RATES
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [
+        pytest.param({"depth": 300}, id="depth"),
+        pytest.param({"workers": 3}, id="agents"),
+        pytest.param({"payload_bytes": 2_000}, id="payload"),
+    ],
+)
+def test_floor_and_arbiter_run_each_kind_of_scaling_point(scale: dict[str, int]) -> None:
+    from benchmarks.arbiter_systems import ArbiterSystem
+    from benchmarks.floors import PykkaFloor, QueueFloor
+    from benchmarks.workloads import Scale
+
+    point = Scale(**scale)
+    for system in (QueueFloor(), ArbiterSystem("memory")):
+        result = workloads.run_scaling("x", system, 200, point, log=lambda _: None)
+        assert isinstance(result, Measurement), result
+        assert result.workload == point.workload and result.metrics["tasks_per_s"] > 0
+    pykka = workloads.run_scaling("floor-pykka-4hop", PykkaFloor(), 200, point, log=print)
+    if point.kind == "payload":
+        assert isinstance(pykka, Measurement)
+    else:  # the chain has no queue to fill first and no worker count
+        assert isinstance(pykka, ErrorEntry) and "does not scale" in pykka.error
+
+
+def test_peers_run_a_scaling_point_with_a_deep_queue() -> None:
+    pytest.importorskip("dramatiq", reason="the bench extra is not installed")
+    from benchmarks.peers import CeleryPeer, DramatiqPeer
+    from benchmarks.workloads import Scale
+
+    result = workloads.run_scaling(
+        "dramatiq", DramatiqPeer(), 100, Scale(depth=200), log=lambda _: None
+    )
+    assert isinstance(result, Measurement) and result.metrics["tasks_per_s"] > 0
+    too_deep = workloads.run_scaling(
+        "celery", CeleryPeer(), 100, Scale(depth=1_000_000), log=lambda _: None
+    )
+    assert isinstance(too_deep, ErrorEntry) and "max_depth" in too_deep.error
