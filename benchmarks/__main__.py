@@ -22,6 +22,8 @@ from benchmarks.report import (
     MEMORY_WORKLOAD,
     NOOP_WORKLOAD,
     PACED_WORKLOAD,
+    RESTART_ACTORS,
+    RESTART_WORKLOAD,
     SCALING_WORKLOAD,
     SUBMIT_WORKLOAD,
     THROUGHPUT_METRIC,
@@ -35,6 +37,7 @@ WORKLOADS: tuple[str, ...] = (
     SUBMIT_WORKLOAD,
     MEMORY_WORKLOAD,
     SCALING_WORKLOAD,
+    RESTART_WORKLOAD,
 )
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DEFAULT_RATES: tuple[float, ...] = (500.0, 1000.0, 2000.0)
@@ -64,6 +67,10 @@ SCALING: dict[str, dict[str, tuple[int, ...]]] = {
         "n": (10_000,),
     },
 }
+
+
+RESTART_REPEATS: dict[str, int] = {"quick": 20, "default": 50, "full": 200}
+"""Crashes per actor in ``restart_latency``."""
 
 
 def scaling_points(size: str) -> list[Scale]:
@@ -211,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "memory_n": args.memory_n,
         "peer_threads": args.peer_threads,
         "scaling_n": args.scaling_n,
+        "restart_repeats": RESTART_REPEATS[args.size],
         "scaling": {k: v for k, v in SCALING[args.size].items() if k != "n"},
         "workloads": args.workloads,
         "systems": selected,
@@ -278,6 +286,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"  {name}: does not scale with {scale.kind}, not run")
                     continue
                 _record(result, workloads.run_scaling(name, system, args.scaling_n, scale))
+    if RESTART_WORKLOAD in args.workloads:
+        repeats = RESTART_REPEATS[args.size]
+        for actor in RESTART_ACTORS:
+            workload = f"{RESTART_WORKLOAD}_{actor}"
+            print(f"== {workload}: {repeats} injected crashes, crash -> next message handled")
+            for name, system in _supporting(runnable, RESTART_WORKLOAD):
+                outcome = workloads.run_once(
+                    workload,
+                    name,
+                    functools.partial(system.restart_latency, actor, repeats),
+                    60.0 + repeats,
+                )
+                _record(result, outcome)
     result.finished_at = _now()
     result.config["elapsed_s"] = round(time.monotonic() - t0, 1)
 

@@ -46,6 +46,11 @@ Workloads:
   ``{"blob": "x" * bytes}``, or with ``depth`` tasks submitted before the agents register
   (timed from the registration to the ``min(n, depth)``-th completion; the rest are not
   drained).
+* ``restart_latency`` (``restart_latency_<actor>``): an idle runner with one agent; the
+  actor is crashed with ``inject_crash`` R times, each timed from the injection to the
+  answer of a ``GetStatistics`` ask sent right behind it (only the restarted incarnation
+  answers it); ``RunnerConfig(max_restarts=R + 10, within_s=1)`` so that the restart
+  intensity does not stop the runner.
 * ``memory_per_queued_task``: no agents; N tasks submitted in batches, then wait until the
   queue actor holds all N (``status()["queue"]["depth"]``); tracemalloc bytes per task
   (store + queue + everything else the runner keeps for a queued task). For
@@ -73,6 +78,7 @@ from benchmarks.workloads import (
     noop_timeout_s,
     open_loop,
     paced_timeout_s,
+    restart_metrics,
     submit_rate,
     throughput,
     traced_bytes_per_task,
@@ -291,6 +297,40 @@ class ArbiterSystem(_Arbiter):
                     runner.deregister_agent(agent_id)
         return throughput(measured, started, completion)
 
+    def restart_latency(self, actor: str, repeats: int) -> dict[str, float]:
+        """A running runner (one agent, idle) whose ``actor`` is crashed ``repeats`` times
+        (``inject_crash``: it fails on its next message); each time from the injection to
+        the answer of the ask sent right behind it, which only the restarted incarnation
+        handles (failure, supervisor's decision, new instance, ``on_start``, message)."""
+        from messages.supervision import GetStatistics
+        from supervisor import RunnerConfig, TaskRunner
+
+        _quiet_logging()
+        name = "agent:bench-0" if actor == "agent" else actor
+        latencies: list[float] = []
+        with tempfile.TemporaryDirectory(prefix="arbiter-bench-") as tmp:
+            config = RunnerConfig(
+                store=STORES[self.store].format(tmp=tmp),
+                max_restarts=repeats + 10,  # the restart intensity must not stop the test
+                within_s=1.0,
+            )
+            with TaskRunner.start(config) as runner:
+                runner.register_agent(
+                    {"agent_id": "bench-0", "capabilities": [TASK_TYPE], "max_concurrency": 1},
+                    lambda task: None,
+                )
+                ref = runner.system.ref(name)
+                before = ref.ask(GetStatistics(), timeout=10.0).restarts
+                for _ in range(repeats):
+                    started = clock()
+                    runner.inject_crash(actor if actor != "agent" else name)
+                    ref.ask(GetStatistics(), timeout=10.0)
+                    latencies.append((clock() - started) * 1000.0)
+                restarts = ref.ask(GetStatistics(), timeout=10.0).restarts - before
+                if restarts != repeats:
+                    raise RuntimeError(f"{name}: {restarts} restarts for {repeats} crashes")
+        return restart_metrics(latencies)
+
     def paced_latency(self, rate_per_s: float, n: int) -> dict[str, dict[str, float]]:
         completion = Completion(n, record_latency=True)
         hit = completion.hit
@@ -356,6 +396,7 @@ class ArbiterPrefetch(ArbiterSystem):
     durable_submit = None  # type: ignore[assignment]
     memory_per_queued_task = None  # type: ignore[assignment]
     scaled_throughput = None  # type: ignore[assignment]
+    restart_latency = None  # type: ignore[assignment]
 
 
 SYSTEMS: dict[str, Any] = {

@@ -10,6 +10,8 @@
 Scaling (``scaled_throughput``): ``floor-queue`` runs ``workers`` consumer threads on one
 SimpleQueue, prefilled with ``depth`` items before they start, each item the task's payload
 dict; ``floor-pykka-4hop`` scales only with the payload (the dict is told down the chain).
+Restart latency (``restart_latency``): ``floor-pykka-4hop`` stops a bare pykka actor, starts
+a fresh one and asks it once: the least a restart can cost on pykka.
 
 With no consumer (``durable_submit``, ``memory_per_queued_task``): ``floor-queue`` puts the
 items into a SimpleQueue nobody reads; ``floor-pykka-4hop`` tells them to the head actor of
@@ -33,6 +35,7 @@ from benchmarks.workloads import (
     noop_timeout_s,
     open_loop,
     paced_timeout_s,
+    restart_metrics,
     submit_rate,
     throughput,
     traced_bytes_per_task,
@@ -229,6 +232,29 @@ class PykkaFloor:
 
         self._run(completion, produce, noop_timeout_s(n))
         return throughput(n, started[0], completion)
+
+    def restart_latency(self, actor: str, repeats: int) -> dict[str, float]:
+        """The floor of a restart: a bare pykka actor is stopped, a fresh one started, and
+        the time runs until the fresh one answers an ask (``actor`` names the Arbiter
+        actor this is the floor for: the floor is the same for all)."""
+        import pykka
+
+        class Echo(pykka.ThreadingActor):
+            def on_receive(self, message: Any) -> Any:
+                return message
+
+        latencies: list[float] = []
+        ref = Echo.start()
+        try:
+            for _ in range(repeats):
+                started = clock()
+                ref.stop(block=True, timeout=5.0)
+                ref = Echo.start()
+                ref.ask(None, timeout=5.0)
+                latencies.append((clock() - started) * 1000.0)
+        finally:
+            ref.stop(block=True, timeout=5.0)
+        return restart_metrics(latencies)
 
     def _held(self, measure: Any) -> Any:
         """Run ``measure(tell)`` against a head actor held busy: what is told stays queued."""

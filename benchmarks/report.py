@@ -42,6 +42,19 @@ PACED_WORKLOAD = "paced_latency"
 SUBMIT_WORKLOAD = "durable_submit"
 MEMORY_WORKLOAD = "memory_per_queued_task"
 SCALING_WORKLOAD = "scaling"
+RESTART_WORKLOAD = "restart_latency"
+RESTART_ACTORS: tuple[str, ...] = (
+    "journal",
+    "queue",
+    "router",
+    "registry",
+    "retry",
+    "health",
+    "performance",
+    "agent",
+)
+"""Workloads ``restart_latency_<actor>``: an injected crash of that actor of a running
+runner until its new incarnation answers the next message."""
 SCALING_KINDS: tuple[str, ...] = ("depth", "agents", "payload")
 """Workloads ``scaling_<kind>_<value>``: no-op throughput against queue depth (tasks
 queued before the consumers start), agents / worker threads, and payload bytes."""
@@ -60,6 +73,7 @@ UNITS: dict[str, str] = {
     BYTES_METRIC: "bytes",
     **{f"end_to_end_ms_{p}": "ms" for p in LATENCY_PERCENTILES},
     **{f"route_assign_ms_{p}": "ms" for p in LATENCY_PERCENTILES},
+    **{f"restart_ms_{p}": "ms" for p in LATENCY_PERCENTILES},
 }
 RATIO_UNIT = "x"
 RATIO_MARK = "ratio_to_"

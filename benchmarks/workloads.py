@@ -402,6 +402,11 @@ def run_scaling(
     )
 
 
+def restart_metrics(latencies_ms: list[float]) -> dict[str, float]:
+    """``restart_ms_p50`` / ``_p95`` / ``_p99`` of the measured restarts."""
+    return {f"restart_ms_{p}": v for p, v in percentiles(latencies_ms).items()}
+
+
 def run_once(
     workload: str,
     name: str,

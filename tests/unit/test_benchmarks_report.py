@@ -428,3 +428,16 @@ def test_peers_run_a_scaling_point_with_a_deep_queue() -> None:
         "celery", CeleryPeer(), 100, Scale(depth=1_000_000), log=lambda _: None
     )
     assert isinstance(too_deep, ErrorEntry) and "max_depth" in too_deep.error
+
+
+@pytest.mark.parametrize("actor", ["queue", "journal", "agent"])
+def test_restart_latency_is_measured_per_actor_on_a_running_runner(actor: str) -> None:
+    from benchmarks.arbiter_systems import ArbiterSystem
+    from benchmarks.floors import PykkaFloor
+
+    arbiter = ArbiterSystem("memory").restart_latency(actor, 3)
+    floor = PykkaFloor().restart_latency(actor, 3)
+    for metrics in (arbiter, floor):
+        assert set(metrics) == {"restart_ms_p50", "restart_ms_p95", "restart_ms_p99"}
+        assert 0 < metrics["restart_ms_p50"] <= metrics["restart_ms_p99"]
+    assert report.unit_for("restart_ms_p99") == "ms"
