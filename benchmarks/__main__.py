@@ -44,7 +44,7 @@ DEFAULT_RATES: tuple[float, ...] = (500.0, 1000.0, 2000.0)
 
 # (noop and submit tasks, paced tasks per rate, queued tasks for memory) per run size.
 SIZES: dict[str, tuple[int, int, int]] = {
-    "quick": (5_000, 1_000, 20_000),
+    "quick": (5_000, 1_000, 5_000),
     "default": (20_000, 3_000, 100_000),
     "full": (100_000, 10_000, 1_000_000),
 }
@@ -53,7 +53,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
 # Scaling points per run size: queue depths, agents (worker threads), payload bytes, and
 # the completions each point is measured over.
 SCALING: dict[str, dict[str, tuple[int, ...]]] = {
-    "quick": {"depth": (1_000, 10_000), "agents": (1, 16), "payload": (100, 10_000), "n": (2_000,)},
+    "quick": {"depth": (10_000,), "agents": (16,), "payload": (10_000,), "n": (1_000,)},
     "default": {
         "depth": (1_000, 10_000, 100_000),
         "agents": (1, 4, 16, 64),
@@ -69,7 +69,7 @@ SCALING: dict[str, dict[str, tuple[int, ...]]] = {
 }
 
 
-RESTART_REPEATS: dict[str, int] = {"quick": 20, "default": 50, "full": 200}
+RESTART_REPEATS: dict[str, int] = {"quick": 10, "default": 50, "full": 200}
 """Crashes per actor in ``restart_latency``."""
 
 
@@ -94,7 +94,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument(
-        "--quick", action="store_true", help="5k no-op tasks, 1k paced tasks, 20k queued"
+        "--quick",
+        action="store_true",
+        help="about a minute: 5k no-op tasks once, 1k paced tasks at 1000/s, 5k queued",
     )
     size.add_argument(
         "--full", action="store_true", help="100k no-op tasks, 10k paced tasks, 1M queued"
@@ -115,13 +117,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--memory-n", type=int, default=None, help="override the queued task count (memory)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="no-op and submit repeats (median taken)"
+        "--repeats",
+        type=int,
+        default=None,
+        help="no-op and submit repeats, median taken (default 3; --quick: 1)",
     )
     parser.add_argument(
         "--rates",
         type=lambda v: [float(x) for x in _csv(v)],
-        default=list(DEFAULT_RATES),
-        help="offered rates for paced_latency, tasks/s (default: 500,1000,2000)",
+        default=None,
+        help="offered rates for paced_latency, tasks/s (default: 500,1000,2000; --quick: 1000)",
     )
     parser.add_argument(
         "--peer-threads",
@@ -143,6 +148,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.paced_n = args.paced_n or paced_n
     args.memory_n = args.memory_n or memory_n
     args.scaling_n = args.scaling_n or SCALING[args.size]["n"][0]
+    if args.rates is None:
+        args.rates = [1000.0] if args.size == "quick" else list(DEFAULT_RATES)
+    if args.repeats is None:
+        args.repeats = 1 if args.size == "quick" else 3
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
@@ -241,18 +250,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.monotonic()
     if NOOP_WORKLOAD in args.workloads:
+        section = time.monotonic()
         print(f"== {NOOP_WORKLOAD}: {args.n:,} no-op tasks, median of {args.repeats}")
         for name, system in runnable:
             if not systems.supports(system, NOOP_WORKLOAD):
                 print(f"  {name}: no {NOOP_WORKLOAD}, not run")
                 continue
             _record(result, workloads.run_noop_throughput(name, system, args.n, args.repeats))
+        _section_done(section, NOOP_WORKLOAD)
     if PACED_WORKLOAD in args.workloads:
+        section = time.monotonic()
         for rate in args.rates:
             print(f"== {PACED_WORKLOAD}: {args.paced_n:,} tasks offered open-loop at {rate:g}/s")
             for name, system in _supporting(runnable, PACED_WORKLOAD):
                 _record(result, workloads.run_paced_latency(name, system, rate, args.paced_n))
+        _section_done(section, PACED_WORKLOAD)
     if SUBMIT_WORKLOAD in args.workloads:
+        section = time.monotonic()
         print(f"== {SUBMIT_WORKLOAD}: {args.n:,} tasks, no consumer, median of {args.repeats}")
         for name, system in _supporting(runnable, SUBMIT_WORKLOAD):
             outcome = workloads.run_repeated(
@@ -264,7 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 primary=THROUGHPUT_METRIC,
             )
             _record(result, outcome)
+        _section_done(section, SUBMIT_WORKLOAD)
     if MEMORY_WORKLOAD in args.workloads:
+        section = time.monotonic()
         print(f"== {MEMORY_WORKLOAD}: {args.memory_n:,} tasks queued, no consumer (tracemalloc)")
         for name, system in _supporting(runnable, MEMORY_WORKLOAD):
             outcome = workloads.run_once(
@@ -274,7 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workloads.memory_timeout_s(args.memory_n) + 30.0,
             )
             _record(result, outcome)
+        _section_done(section, MEMORY_WORKLOAD)
     if SCALING_WORKLOAD in args.workloads:
+        section = time.monotonic()
         for scale in scaling_points(args.size):
             print(
                 f"== {scale.workload}: no-op tasks, rate of {scale.measured(args.scaling_n):,} "
@@ -286,7 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"  {name}: does not scale with {scale.kind}, not run")
                     continue
                 _record(result, workloads.run_scaling(name, system, args.scaling_n, scale))
+        _section_done(section, SCALING_WORKLOAD)
     if RESTART_WORKLOAD in args.workloads:
+        section = time.monotonic()
         repeats = RESTART_REPEATS[args.size]
         for actor in RESTART_ACTORS:
             workload = f"{RESTART_WORKLOAD}_{actor}"
@@ -299,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     60.0 + repeats,
                 )
                 _record(result, outcome)
+        _section_done(section, RESTART_WORKLOAD)
     result.finished_at = _now()
     result.config["elapsed_s"] = round(time.monotonic() - t0, 1)
 
@@ -316,6 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {json_path}")
     print(f"wrote {png_path}" if png_path else "no plot: matplotlib is not installed")
     return 0
+
+
+def _section_done(started: float, what: str) -> None:
+    print(f"   ({what}: {time.monotonic() - started:.0f}s)")
 
 
 def _supporting(runnable: list[tuple[str, Any]], workload: str) -> list[tuple[str, Any]]:

@@ -120,6 +120,20 @@ def _quiet_logging() -> None:
         _quiet = True
 
 
+@contextmanager
+def _silenced() -> Iterator[None]:
+    """Only CRITICAL log lines meanwhile (the injected crashes of ``restart_latency`` log
+    an error with a traceback each), then WARNING again."""
+    from supervisor import configure_logging
+
+    _quiet_logging()
+    configure_logging(fmt="console", level=logging.CRITICAL, stream=sys.stderr)
+    try:
+        yield
+    finally:
+        configure_logging(fmt="console", level=logging.WARNING, stream=sys.stderr)
+
+
 def _submit_in_batches(submit_many: Callable[[list[dict[str, Any]]], Any], n: int) -> None:
     _submit_specs(submit_many, {"type": TASK_TYPE}, n)
 
@@ -305,10 +319,9 @@ class ArbiterSystem(_Arbiter):
         from messages.supervision import GetStatistics
         from supervisor import RunnerConfig, TaskRunner
 
-        _quiet_logging()
         name = "agent:bench-0" if actor == "agent" else actor
         latencies: list[float] = []
-        with tempfile.TemporaryDirectory(prefix="arbiter-bench-") as tmp:
+        with _silenced(), tempfile.TemporaryDirectory(prefix="arbiter-bench-") as tmp:
             config = RunnerConfig(
                 store=STORES[self.store].format(tmp=tmp),
                 max_restarts=repeats + 10,  # the restart intensity must not stop the test

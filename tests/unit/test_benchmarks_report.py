@@ -351,7 +351,8 @@ def test_cli_sizes_and_workload_support() -> None:
     from benchmarks import systems
 
     quick = cli.parse_args(["--quick"])
-    assert (quick.n, quick.paced_n, quick.memory_n) == (5_000, 1_000, 20_000)
+    assert (quick.n, quick.paced_n, quick.memory_n) == (5_000, 1_000, 5_000)
+    assert quick.rates == [1000.0] and cli.parse_args([]).rates == [500.0, 1000.0, 2000.0]
     full = cli.parse_args(["--full", "--memory-n", "7"])
     assert (full.n, full.memory_n) == (100_000, 7)
     assert cli.parse_args([]).memory_n == 100_000
@@ -385,7 +386,8 @@ def test_scaling_points_name_their_workloads_and_cover_each_size() -> None:
     assert {"scaling_depth_1000", "scaling_depth_1000000", "scaling_agents_1"} <= full
     assert {"scaling_agents_64", "scaling_payload_100", "scaling_payload_100000"} <= full
     assert all(p.depth <= 10_000 for p in cli.scaling_points("quick"))
-    assert cli.parse_args(["--quick"]).scaling_n == 2_000
+    assert cli.parse_args(["--quick"]).scaling_n == 1_000
+    assert cli.parse_args(["--quick"]).repeats == 1 and cli.parse_args([]).repeats == 3
     assert cli.parse_args(["--scaling-n", "9"]).scaling_n == 9
     assert "scaling" in cli.WORKLOADS and 2000.0 in cli.DEFAULT_RATES
 
