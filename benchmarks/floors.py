@@ -196,13 +196,17 @@ class PykkaFloor:
                 ref.stop(block=True, timeout=5.0)
 
     def noop_throughput(self, n: int) -> float:
+        return self._throughput(n, None)
+
+    def _throughput(self, n: int, item: Any) -> float:
+        """Tasks/s of ``n`` copies of ``item`` told down the chain."""
         completion = Completion(n)
         started: list[float] = []
 
         def produce(tell: Any) -> None:
             started.append(clock())
             for _ in range(n):
-                tell(None)
+                tell(item)
 
         self._run(completion, produce, noop_timeout_s(n))
         return throughput(n, started[0], completion)
@@ -220,18 +224,8 @@ class PykkaFloor:
         """Payload scaling only: each message is the task's payload dict."""
         if scale.kind != "payload":
             raise ValueError(f"floor-pykka-4hop does not scale with {scale.kind}")
-        completion = Completion(n)
         blob = scale.blob()
-        item = None if blob is None else {"blob": blob}
-        started: list[float] = []
-
-        def produce(tell: Any) -> None:
-            started.append(clock())
-            for _ in range(n):
-                tell(item)
-
-        self._run(completion, produce, noop_timeout_s(n))
-        return throughput(n, started[0], completion)
+        return self._throughput(n, None if blob is None else {"blob": blob})
 
     def restart_latency(self, actor: str, repeats: int) -> dict[str, float]:
         """The floor of a restart: a bare pykka actor is stopped, a fresh one started, and
