@@ -312,6 +312,7 @@ class TaskRunner:
         self._recovered = 0
         self._shared = False
         self._direct_inserts = False  # submit stores new tasks itself (see _insert)
+        self._insert_lock = threading.Lock()
         self._claimer_state = ClaimerState()
         self._agent_slots: dict[str, tuple[frozenset[str], int]] = {}
         self._stop_listening: Callable[[], None] | None = None
@@ -751,10 +752,15 @@ class TaskRunner:
     def _insert(self, records: tuple[TaskRecord, ...]) -> tuple[TaskRecord, ...]:
         """Store new tasks from the calling thread and hand them to the queue (a store with
         ``concurrent_inserts``: no round trip through the journal's thread)."""
-        stored = self._require_store().insert(records)
-        fresh = new_records(stored, records)
-        if fresh:
-            hand_to_queue(fresh, self._peers, self._hub)
+        store = self._require_store()
+        # One submitter at a time from the insert to the tell: the queue then gets tasks
+        # in the order of their store sequences (FIFO among equal priorities, the order a
+        # recovery rebuilds), as when the journal's one thread did both.
+        with self._insert_lock:
+            stored = store.insert(records)
+            fresh = new_records(stored, records)
+            if fresh:
+                hand_to_queue(fresh, self._peers, self._hub)
         return tuple(stored)
 
     def _check_spec(self, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:

@@ -215,6 +215,31 @@ def test_the_memory_store_takes_submits_without_a_journal_commit(
     assert [h.result(WAIT_S)["payload"] for h in handles] == [0, 1, 2]
 
 
+def test_concurrent_submitters_queue_tasks_in_store_sequence_order(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    # FIFO among equal priorities follows the store's sequences (what a recovery rebuilds),
+    # also when several threads submit at once on memory://, which inserts from each one.
+    runner = make_runner()
+    start = threading.Barrier(4)
+
+    def submit_some(thread: int) -> None:
+        start.wait(WAIT_S)
+        for n in range(50):
+            runner.submit(type="code", payload=[thread, n])
+
+    threads = [threading.Thread(target=submit_some, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT_S)
+    started: list[Any] = []
+    runner.register_agent(agent(), lambda task: started.append(task.task_id))
+    assert runner.drain(WAIT_S)
+    by_sequence = sorted(started, key=lambda task_id: runner.get(task_id).sequence)
+    assert len(started) == 200 and started == by_sequence
+
+
 def test_a_queued_task_can_be_cancelled(make_runner: Callable[..., TaskRunner]) -> None:
     gate = Gate()
     runner = make_runner()
