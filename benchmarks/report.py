@@ -459,8 +459,63 @@ def _bar_panel(
     ax.tick_params(axis="x", rotation=30)
 
 
+def _scaling_panel(
+    ax: Any,
+    values: Mapping[tuple[str, str, str], float],
+    systems: Sequence[str],
+    present: set[str],
+    kind: str,
+) -> None:
+    """tasks/s against the scaling points of one kind, a line per system (log-log)."""
+    prefix = f"{SCALING_WORKLOAD}_{kind}_"
+    points = sorted(int(w[len(prefix) :]) for w in present if w.startswith(prefix))
+    for system in systems:
+        xs = [p for p in points if (f"{prefix}{p}", system, THROUGHPUT_METRIC) in values]
+        if xs:
+            ys = [values[(f"{prefix}{p}", system, THROUGHPUT_METRIC)] for p in xs]
+            color = f"C{systems.index(system) % 10}"  # the same colour in every panel
+            ax.plot(xs, ys, marker="o", label=system, color=color)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    label = {"depth": "tasks queued first", "agents": "agents / worker threads"}
+    ax.set_xlabel(label.get(kind, "payload bytes"))
+    ax.set_ylabel("tasks/s (log scale)")
+    ax.set_title(f"scaling with {kind}", fontsize=10)
+    ax.legend(fontsize=7)
+
+
+def _restart_panel(
+    ax: Any,
+    values: Mapping[tuple[str, str, str], float],
+    systems: Sequence[str],
+    present: set[str],
+) -> None:
+    """Restart latency p50 and p99 per actor, a pair of bars per system."""
+    actors = [a for a in RESTART_ACTORS if f"{RESTART_WORKLOAD}_{a}" in present]
+    measured = [
+        s
+        for s in systems
+        if any((f"{RESTART_WORKLOAD}_{a}", s, "restart_ms_p50") in values for a in actors)
+    ]
+    width = 0.8 / max(1, 2 * len(measured))
+    for si, system in enumerate(measured):
+        for pi, pct in enumerate(("p50", "p99")):
+            xs = [i + (2 * si + pi) * width - 0.4 + width / 2 for i in range(len(actors))]
+            ys = [
+                values.get((f"{RESTART_WORKLOAD}_{a}", system, f"restart_ms_{pct}"), math.nan)
+                for a in actors
+            ]
+            ax.bar(xs, ys, width=width, label=f"{system} {pct}")
+    ax.set_xticks(range(len(actors)))
+    ax.set_xticklabels(actors, rotation=30)
+    ax.set_ylabel("crash -> next message answered, ms")
+    ax.set_title("restart latency per actor", fontsize=10)
+    ax.legend(fontsize=7)
+
+
 def write_plot(document: Mapping[str, Any], path: Path) -> Path | None:
-    """Bar plots: throughput, latency, submit rate and memory (those measured).
+    """Bar plots: throughput, latency, submit rate and memory (those measured); line plots
+    of the scaling workloads; bars of restart latency per actor.
 
     Returns None without matplotlib. Floors are grey, Arbiter orange, peers blue; the
     ratio under a bar is to ``floor-pykka-4hop``.
@@ -491,6 +546,13 @@ def write_plot(document: Mapping[str, Any], path: Path) -> Path | None:
     if paced:
         panels.append("paced")
     panels += [p for p in bar_panels[1:] if p[0] in present]
+    panels += [
+        ("scaling", kind)
+        for kind in SCALING_KINDS
+        if any(w.startswith(f"{SCALING_WORKLOAD}_{kind}_") for w in present)
+    ]
+    if any(w.startswith(f"{RESTART_WORKLOAD}_") for w in present):
+        panels.append("restart")
     ncols = min(2, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(7 * ncols, 5 * nrows), squeeze=False)
@@ -498,6 +560,12 @@ def write_plot(document: Mapping[str, Any], path: Path) -> Path | None:
     for ax in flat[len(panels) :]:
         ax.set_visible(False)
     for ax, panel in zip(flat, panels, strict=False):
+        if isinstance(panel, tuple) and panel[0] == "scaling":
+            _scaling_panel(ax, values, systems, present, panel[1])
+            continue
+        if panel == "restart":
+            _restart_panel(ax, values, systems, present)
+            continue
         if panel != "paced":
             _bar_panel(ax, values, systems, *panel)
             continue
@@ -525,7 +593,7 @@ def write_plot(document: Mapping[str, Any], path: Path) -> Path | None:
         "(grey: floors, orange: Arbiter, blue: peers; ratio to floor-pykka-4hop under bars)",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))  # room for the title
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -443,3 +443,27 @@ def test_restart_latency_is_measured_per_actor_on_a_running_runner(actor: str) -
         assert set(metrics) == {"restart_ms_p50", "restart_ms_p95", "restart_ms_p99"}
         assert 0 < metrics["restart_ms_p50"] <= metrics["restart_ms_p99"]
     assert report.unit_for("restart_ms_p99") == "ms"
+
+
+def test_the_plot_has_scaling_and_restart_panels_when_measured(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    result = _synthetic()
+    for system, rate in (("arbiter-memory", 5_000.0), ("huey", 20_000.0)):
+        for depth in (1_000, 1_000_000):
+            result.measurements.append(
+                Measurement(f"scaling_depth_{depth}", system, {"tasks_per_s": rate})
+            )
+    restart = {"restart_ms_p50": 0.5, "restart_ms_p95": 0.9, "restart_ms_p99": 1.2}
+    for actor in ("queue", "agent"):
+        result.measurements.append(
+            Measurement(f"restart_latency_{actor}", "arbiter-memory", restart)
+        )
+    document = report.to_document(result)
+    assert any(f["metric"] == "restart_ms_p99" and f["unit"] == "ms" for f in document["figures"])
+    plain = report.write_plot(report.to_document(_synthetic()), tmp_path / "plain.png")
+    more = report.write_plot(document, tmp_path / "more.png")
+    assert plain is not None and more is not None
+    from matplotlib import image
+
+    # Two more panels (scaling with depth, restarts): one more row of the 2-column grid.
+    assert image.imread(str(more)).shape[0] > image.imread(str(plain)).shape[0]
