@@ -8,7 +8,7 @@ runs it on a pykka thread, supervises it and replaces the instance on restart.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import structlog
@@ -78,6 +78,13 @@ class Actor:
     """
 
     context: ActorContext
+
+    handled_when_stopping: ClassVar[tuple[type, ...]] = ()
+    """Message types still handled when the actor stops for good: what waits in its
+    mailbox of these types goes to :meth:`receive`, in order, before :meth:`post_stop`
+    (Akka's messages ahead of a PoisonPill), instead of becoming dead letters. For an
+    actor whose pending messages are cheap to finish and costly to lose (the journal's
+    writes)."""
 
     def receive(self, message: Any) -> Any:
         """Handle one message; the return value answers an ``ask``."""

@@ -370,6 +370,7 @@ class Cell:
         self.dispatcher = dispatcher
         """None: the cell runs on a thread of its own; else on this shared dispatcher."""
         self.scheduled = False  # in the dispatcher's run queue, or having its turn
+        self.in_hand: _Letter | None = None  # taken from the mailbox when a directive came
         self._ready = _Ready(self)
         self.factory = factory
         self.parent = parent
@@ -474,10 +475,14 @@ class Cell:
             self.mailbox.put(letter)
             return
         if self.control_pending:
+            # A stop handles what the actor asks for (handled_when_stopping) from here,
+            # this letter first: the order of the mailbox is kept.
+            self.in_hand = letter
             self._apply_directives(shell)
+            in_hand, self.in_hand = self.in_hand, None
             if self.state is CellState.STOPPED:
-                if letter is not _WAKEUP:
-                    self._dead_letter(letter, "actor_stopped")
+                if in_hand is not None and in_hand is not _WAKEUP:
+                    self._dead_letter(in_hand, "actor_stopped")
                 return
         if letter is _WAKEUP:
             return
@@ -601,7 +606,10 @@ class Cell:
             self.log.error("supervisor.hook_failed", hook=name, error=repr(exc), exc_info=exc)
 
     def _finish(self, shell: _AnyShell, reason: str) -> None:
-        """Stop for good on the shell's thread: post_stop, dead-letter the rest, detach."""
+        """Stop for good on the shell's thread: handle what the actor asks to handle when
+        stopping, post_stop, dead-letter the rest, detach."""
+        if self.instance is not None and self.instance.handled_when_stopping:
+            self._handle_when_stopping(self.instance)
         if self.instance is not None:
             self._run_hook(self.instance.post_stop, "post_stop")
         self.instance = None
@@ -613,6 +621,45 @@ class Cell:
         self._drain_to_dead_letters()
         self.log.info("supervisor.child_stopped", reason=reason)
         self.stopped.set()
+
+    def _handle_when_stopping(self, instance: Actor) -> None:
+        """Stopping for good: the mailbox's messages of the types in the actor's
+        ``handled_when_stopping`` are handled, in order (an asker gets its answer); every
+        other message is a dead letter as usual. A failure is logged and its messages
+        (with those the handler took in its batch) are dead letters; the rest is then left
+        to the dead-letter drain."""
+        kinds = instance.handled_when_stopping
+        first, self.in_hand = self.in_hand, None  # taken from the mailbox as the stop came
+        while True:
+            if first is not None:
+                letter, first = first, None
+            else:
+                try:
+                    letter = self.mailbox.get_nowait()
+                except queue.Empty:
+                    return
+            if letter is _WAKEUP:
+                continue
+            if not isinstance(letter.body, kinds):
+                self._dead_letter(letter, "actor_stopped")
+                continue
+            self.current = letter
+            try:
+                result = instance.receive(letter.body)
+            except BaseException as exc:  # logged; its messages become dead letters
+                batch, self.batch = self.batch, []
+                self.log.error("supervisor.stop_handling_failed", error=repr(exc), exc_info=exc)
+                for failed in (letter, *batch):
+                    if failed.future is not None and not failed.future_done():
+                        failed.future.set_exception(exc_info=(type(exc), exc, exc.__traceback__))
+                    self._dead_letter(failed, f"handler_failed: {exc!r}", exc)
+                return
+            finally:
+                self.current = None
+            self.processed += 1 + len(self.batch)
+            self.batch = []
+            if letter.future is not None:
+                letter.future.set(result)
 
     def _drain_to_dead_letters(self) -> None:
         while True:

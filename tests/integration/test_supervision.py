@@ -433,6 +433,45 @@ def test_an_alarm_waiting_in_the_mailbox_of_an_actor_that_stops_rings_for_nobody
     assert system.dead_letter_office.total == before + 1  # the alarm was not counted
 
 
+class Finisher(Recorder):
+    """A recorder that still handles its ints (not other messages) when it stops."""
+
+    handled_when_stopping = (int,)
+
+    def receive(self, message: Any) -> Any:
+        if message == -1:
+            raise RuntimeError("cannot finish this one")
+        return super().receive(message)
+
+
+def test_messages_of_the_types_an_actor_asks_for_are_handled_when_it_stops(
+    make_system: Any,
+) -> None:
+    system = make_system()
+    journal: list[tuple[int, Any]] = []
+    ref = system.spawn(child(name="finisher", factory=lambda: Finisher(journal)))
+    _BLOCKERS["finish"] = threading.Event()
+    cell = system.runtime.cells["finisher"]
+    ref.tell(Block("finish"))
+    wait_for(lambda: cell.current is not None)  # held in the block, with a mailbox behind
+    ref.tell(1)
+    ref.tell("not asked for")
+    answer = ref.ask_future(2)
+    ref.tell(-1)  # fails while stopping: a dead letter, and the rest too
+    ref.tell(3)
+    before = system.dead_letter_office.total
+    stopping = threading.Thread(target=system.stop_child, args=("finisher",))
+    stopping.start()
+    wait_for(lambda: cell.control_pending)
+    _BLOCKERS["finish"].set()
+    stopping.join(WAIT_S)
+    assert [message for _, message in journal] == [1, 2]  # in order, after the stop
+    assert answer.get(timeout=WAIT_S) == 2  # the asker got its answer
+    dead = [letter.message for letter in system.dead_letters()[-3:]]
+    assert dead == ["not asked for", -1, 3]
+    assert system.dead_letter_office.total == before + 3
+
+
 def test_slow_shutdown_is_abandoned_after_its_timeout(make_system: Any) -> None:
     system: ActorSystem = make_system()
     _BLOCKERS["slow-stop"] = threading.Event()
