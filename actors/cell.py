@@ -371,6 +371,7 @@ class Cell:
         """None: the cell runs on a thread of its own; else on this shared dispatcher."""
         self.scheduled = False  # in the dispatcher's run queue, or having its turn
         self.in_hand: _Letter | None = None  # taken from the mailbox when a directive came
+        self.stopping = False  # handling its last messages (handled_when_stopping)
         self._ready = _Ready(self)
         self.factory = factory
         self.parent = parent
@@ -629,6 +630,7 @@ class Cell:
         (with those the handler took in its batch) are dead letters; the rest is then left
         to the dead-letter drain."""
         kinds = instance.handled_when_stopping
+        self.stopping = True  # still_busy() is False: a slow message gives up at once
         first, self.in_hand = self.in_hand, None  # taken from the mailbox as the stop came
         while True:
             if first is not None:
@@ -677,11 +679,12 @@ class Cell:
         """On the actor's thread, inside ``receive``: the current message is slow on
         purpose (e.g. waiting for a store to come back). Counts as progress, so neither
         the hang watchdog nor the health monitor replaces the actor. Returns False when a
-        supervisor directive (a stop) waits: the actor should give up the message."""
+        supervisor directive (a stop) waits, or the actor is handling its last messages
+        while it stops: the actor should give up the message."""
         self.keepalives += 1
         if self.busy_since:
             self.busy_since = time.monotonic()
-        return not self.control_pending
+        return not (self.control_pending or self.stopping)
 
     def take_pending(self, limit: int) -> list[Pending]:
         """On the actor's thread, inside ``receive``: take up to ``limit`` more messages
