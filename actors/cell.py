@@ -504,11 +504,7 @@ class Cell:
             batch, self.batch = self.batch, []
             if shell.is_abandoned():
                 return  # replaced while hung; the new incarnation owns the cell now
-            for failed in (letter, *batch):
-                if failed.future is not None and not failed.future_done():
-                    failed.future.set_exception(exc_info=(type(exc), exc, exc.__traceback__))
-                if not isinstance(exc, EscalationSignal):
-                    self._dead_letter(failed, f"handler_failed: {exc!r}", exc)
+            self._fail_letters((letter, *batch), exc, dead=not isinstance(exc, EscalationSignal))
             self._suspend(exc, kind="exception")
             self._await_directive(shell)
             return
@@ -524,6 +520,17 @@ class Cell:
             letter.future.set(result)
         if self.state is CellState.SUSPENDED:  # the actor asked to stop itself
             self._await_directive(shell)
+
+    def _fail_letters(
+        self, letters: tuple[_Letter, ...], exc: BaseException, *, dead: bool
+    ) -> None:
+        """A handler raised ``exc`` on these letters (the current one and its batch): each
+        asker gets the exception; with ``dead`` each letter is also a dead letter."""
+        for failed in letters:
+            if failed.future is not None and not failed.future_done():
+                failed.future.set_exception(exc_info=(type(exc), exc, exc.__traceback__))
+            if dead:
+                self._dead_letter(failed, f"handler_failed: {exc!r}", exc)
 
     def _dead_letter(self, letter: _Letter, reason: str, exc: BaseException | None = None) -> None:
         if letter is _WAKEUP or (type(letter) is _Alarm and exc is None):
@@ -651,10 +658,7 @@ class Cell:
             except BaseException as exc:  # logged; its messages become dead letters
                 batch, self.batch = self.batch, []
                 self.log.error("supervisor.stop_handling_failed", error=repr(exc), exc_info=exc)
-                for failed in (letter, *batch):
-                    if failed.future is not None and not failed.future_done():
-                        failed.future.set_exception(exc_info=(type(exc), exc, exc.__traceback__))
-                    self._dead_letter(failed, f"handler_failed: {exc!r}", exc)
+                self._fail_letters((letter, *batch), exc, dead=True)
                 return
             finally:
                 self.current = None

@@ -201,7 +201,6 @@ class _Arbiter:
         """A started runner (with the agents when ``handler`` is given: ``agents`` is
         (count, max_concurrency), else the system's own set-up); stopped after, drained
         first unless ``drain`` is False."""
-        from messages import AgentSpec
         from supervisor import RunnerConfig, TaskRunner
 
         _quiet_logging()
@@ -214,17 +213,8 @@ class _Arbiter:
             )
             runner = TaskRunner.start(config)
             try:
-                count, concurrency = agents or (self.agents, self._concurrency())
                 if handler is not None:
-                    for i in range(count):
-                        runner.register_agent(
-                            AgentSpec(
-                                agent_id=f"bench-{i}",
-                                capabilities={TASK_TYPE},
-                                max_concurrency=concurrency,
-                            ),
-                            handler,
-                        )
+                    self._register(runner, handler, agents)
                 yield runner
                 if handler is not None and drain and not runner.drain(DRAIN_TIMEOUT_S):
                     raise RuntimeError(
@@ -233,6 +223,22 @@ class _Arbiter:
                     )
             finally:
                 runner.stop(drain=False)
+
+    def _register(
+        self, runner: Any, handler: Callable[[Any], Any], agents: tuple[int, int] | None
+    ) -> None:
+        """The agents ``bench-0``, ... : ``agents`` is (count, max_concurrency), None for
+        the system's own set-up."""
+        from messages import AgentSpec
+
+        count, concurrency = agents or (self.agents, self._concurrency())
+        for i in range(count):
+            runner.register_agent(
+                AgentSpec(
+                    agent_id=f"bench-{i}", capabilities={TASK_TYPE}, max_concurrency=concurrency
+                ),
+                handler,
+            )
 
     def durable_submit(self, n: int) -> dict[str, float]:
         with self._runner(n) as runner:
@@ -289,17 +295,8 @@ class ArbiterSystem(_Arbiter):
         ) as runner:
             if scale.depth:
                 _submit_specs(runner.submit_many, spec, scale.depth)
-                count, concurrency = agents or (self.agents, self._concurrency())
                 started = clock()
-                for i in range(count):
-                    runner.register_agent(
-                        {
-                            "agent_id": f"bench-{i}",
-                            "capabilities": [TASK_TYPE],
-                            "max_concurrency": concurrency,
-                        },
-                        handler,
-                    )
+                self._register(runner, handler, agents)
             else:
                 started = clock()
                 _submit_specs(runner.submit_many, spec, n)

@@ -71,8 +71,9 @@ class TaskStore(ABC):
     A store is owned by one thread (the journal actor's) which does every write; other
     threads may read (``get``, ``counts``, ...) at the same time, and always see whole
     batches, never half of one. A store with ``concurrent_inserts`` also takes inserts
-    from any thread (the submitting one). Writes are batches applied in ONE transaction: either all
-    of a batch is stored or, when any part fails, none of it, and the error propagates.
+    from any thread (the submitting one). Writes are batches applied in ONE transaction:
+    either all of a batch is stored or, when any part fails, none of it, and the error
+    propagates.
 
     Semantics every backend shares:
 
