@@ -60,7 +60,8 @@ class TaskContext:
 
     Read-only attributes: ``task_id``, ``type``, ``payload``, ``attempt``, ``agent_id``,
     ``idempotency_key``, ``deadline`` and ``trace_context``. ``payload`` is a plain
-    (mutable, private) copy of the task's JSON payload. A long handler should poll
+    (mutable, private) copy of the task's JSON payload, made when the handler first reads
+    it (a handler that never looks at it costs no copy). A long handler should poll
     :meth:`is_cancelled` and return early when it is set (the task was cancelled or timed
     out; cancellation is cooperative for sync handlers).
 
@@ -70,18 +71,20 @@ class TaskContext:
 
     __slots__ = (
         "_cancelled",
+        "_frozen_payload",
+        "_payload",
         "agent_id",
         "attempt",
         "deadline",
         "idempotency_key",
-        "payload",
         "task_id",
         "trace_context",
         "type",
     )
     task_id: uuid.UUID
     type: str
-    payload: Any
+    _frozen_payload: Any
+    _payload: Any  # unset until the handler first reads ``payload``
     attempt: int
     agent_id: str
     idempotency_key: str | None
@@ -105,13 +108,25 @@ class TaskContext:
         _put = _SET_SLOT
         _put["task_id"](self, task_id)
         _put["type"](self, type)
-        _put["payload"](self, payload)
+        # ``payload`` may be frozen JSON (the executor's) or a plain value (tests).
+        _put["_frozen_payload"](self, payload)
         _put["attempt"](self, attempt)
         _put["agent_id"](self, agent_id)
         _put["idempotency_key"](self, idempotency_key)
         _put["deadline"](self, deadline)
         _put["trace_context"](self, {} if trace_context is None else trace_context)
         _put["_cancelled"](self, [False])
+
+    @property
+    def payload(self) -> Any:
+        """The task's JSON payload, as a plain (mutable) copy private to this attempt."""
+        try:
+            return self._payload
+        except AttributeError:
+            frozen = self._frozen_payload
+            payload = {} if frozen is EMPTY_FROZEN_DICT else thaw_json(frozen)
+            _SET_SLOT["_payload"](self, payload)
+            return payload
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"TaskContext is read-only (cannot set {name!r})")
@@ -381,12 +396,11 @@ class AgentExecutor(Actor):
             free -= 1
             running = record.moved(TaskState.RUNNING, at=now, attempt=record.attempt + 1)
             spec = running.spec
-            payload = spec.payload
             trace = spec.trace_context
             context = TaskContext(
                 task_id,
                 spec.type,
-                {} if payload is EMPTY_FROZEN_DICT else thaw_json(payload),
+                spec.payload,  # thawed when the handler reads it
                 running.attempt,
                 agent_id,
                 spec.idempotency_key,

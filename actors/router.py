@@ -137,18 +137,66 @@ class RouterActor(Actor):
         state = self.state
         if not state.backlog or not state.views:
             return
-        clock = self.wiring.clock
+        if self.wiring.hub.active:
+            assigned, latencies = self._route_reporting()
+        else:
+            assigned, latencies = self._route_quietly()
+        if assigned:
+            # ASSIGNED is not written to the store: recovery would treat an assigned task
+            # that never started exactly like a queued one, so the write would buy nothing
+            # and cost one of four writes per task. The agent writes RUNNING.
+            routed = 0
+            for agent_id, batch in assigned.items():
+                routed += len(batch)
+                state.refs[agent_id].tell(Assign.fast(records=tuple(batch), redelivered=False))
+            state.routed += routed
+            done = self.wiring.clock.monotonic()
+            values = ((done - ready_at) * 1000.0 for ready_at in latencies)
+            if state.unreported.add(values, self.wiring, self.context.self_ref, state.timer):
+                self._report()
+
+    def _route_quietly(self) -> tuple[dict[str, list[TaskRecord]], list[float]]:
+        """Route the backlog in one batch decision (nobody listens for the decisions)."""
+        state = self.state
+        backlog = state.backlog
+        choices, _ = state.core.choose_batch(
+            [record for record, _ in backlog], list(state.views.values())
+        )
+        now = self.wiring.clock.now()
+        inflight = state.inflight
+        assigned: dict[str, list[TaskRecord]] = {}
+        latencies: list[float] = []
+        waiting: deque[tuple[TaskRecord, float]] = deque()
+        for agent_id in choices:
+            record, ready_at = backlog.popleft()
+            if agent_id is None:
+                waiting.append((record, ready_at))
+                continue
+            inflight.setdefault(agent_id, set()).add(record.task_id)
+            assigned.setdefault(agent_id, []).append(
+                record.moved(TaskState.ASSIGNED, at=now, agent_id=agent_id)
+            )
+            latencies.append(ready_at)
+        waiting.extend(backlog)
+        state.backlog = waiting
+        views = state.views
+        for agent_id in assigned:
+            views[agent_id] = views[agent_id].evolve(load=len(inflight[agent_id]))
+        return assigned, latencies
+
+    def _route_reporting(self) -> tuple[dict[str, list[TaskRecord]], list[float]]:
+        """Route the backlog task by task, publishing each decision (``task.routed``)."""
+        state = self.state
         hub = self.wiring.hub
         core = state.core
         views = state.views
         view_list = list(views.values())
         position = {view.agent_id: index for index, view in enumerate(view_list)}
-        listening = hub.active
         inflight = state.inflight
         assigned: dict[str, list[TaskRecord]] = {}
         latencies: list[float] = []
         waiting: deque[tuple[TaskRecord, float]] = deque()
-        now = clock.now()
+        now = self.wiring.clock.now()
         free = sum(
             max(0, view.max_concurrency + view.buffer - view.load)  # free_slots, inlined
             for view in view_list
@@ -157,15 +205,11 @@ class RouterActor(Actor):
         backlog = state.backlog
         while backlog and free > 0:
             record, ready_at = backlog.popleft()
-            # Build the decision (alternatives, scores, reason) only for a listener.
-            if listening:
-                decision = core.route(record, view_list)
-                agent_id = None if decision is None else decision.agent_id
-            else:
-                decision, agent_id = None, core.choose(record, view_list)
-            if agent_id is None:
+            decision = core.route(record, view_list)
+            if decision is None:
                 waiting.append((record, ready_at))
                 continue
+            agent_id = decision.agent_id
             tasks = inflight.setdefault(agent_id, set())
             tasks.add(record.task_id)
             updated = views[agent_id].evolve(load=len(tasks))
@@ -174,35 +218,23 @@ class RouterActor(Actor):
             assigned.setdefault(agent_id, []).append(
                 record.moved(TaskState.ASSIGNED, at=now, agent_id=agent_id)
             )
-            if decision is not None:
-                hub.publish(
-                    "task.routed",
-                    record.task_id,
-                    agent_id=agent_id,
-                    strategy=decision.strategy,
-                    score=decision.score,
-                    reason=decision.reason,
-                    alternatives=tuple(
-                        {"agent_id": alt.agent_id, "score": alt.score}
-                        for alt in decision.alternatives
-                    ),
-                )
+            hub.publish(
+                "task.routed",
+                record.task_id,
+                agent_id=agent_id,
+                strategy=decision.strategy,
+                score=decision.score,
+                reason=decision.reason,
+                alternatives=tuple(
+                    {"agent_id": alt.agent_id, "score": alt.score}
+                    for alt in decision.alternatives
+                ),
+            )
             latencies.append(ready_at)
             free -= 1
         waiting.extend(backlog)
         state.backlog = waiting
-        if assigned:
-            # ASSIGNED is not written to the store: recovery would treat an assigned task
-            # that never started exactly like a queued one, so the write would buy nothing
-            # and cost one of four writes per task. The agent writes RUNNING.
-            records = tuple(record for batch in assigned.values() for record in batch)
-            for agent_id, batch in assigned.items():
-                state.refs[agent_id].tell(Assign.fast(records=tuple(batch), redelivered=False))
-            state.routed += len(records)
-            done = clock.monotonic()
-            values = ((done - ready_at) * 1000.0 for ready_at in latencies)
-            if state.unreported.add(values, self.wiring, self.context.self_ref, state.timer):
-                self._report()
+        return assigned, latencies
 
     def _report(self) -> None:
         """Send the routing latencies not yet reported to the performance tracker."""

@@ -239,6 +239,70 @@ class RouterCore:
         picked = self._pick(task, agents)
         return None if picked is None else picked[0][picked[2]].agent_id
 
+    def choose_batch(
+        self, tasks: Sequence[TaskRecord], agents: Sequence[AgentView]
+    ) -> tuple[list[str | None], dict[str, int]]:
+        """:meth:`choose` for each of ``tasks`` in turn, each seeing the loads the ones
+        before it added; stops once no agent has room left.
+
+        Returns the choices (one per task considered, None where no agent was eligible;
+        the tasks after the last choice were not considered) and the agents' loads after
+        them. The same choices and the same effect on this router's state as calling
+        :meth:`choose` task by task with views updated after each assignment, at a
+        fraction of the cost for ``least_loaded``: eligibility is worked out once per
+        routing key, and loads are counted, not copied into new views.
+        """
+        loads = {agent.agent_id: agent.load for agent in agents}
+        room = sum(
+            max(0, agent.max_concurrency + agent.buffer - agent.load)
+            for agent in agents
+            if agent.healthy
+        )
+        choices: list[str | None] = []
+        if self._strategy != "least_loaded":
+            views = list(agents)
+            position = {agent.agent_id: index for index, agent in enumerate(views)}
+            for task in tasks:
+                if room <= 0:
+                    break
+                agent_id = self.choose(task, views)
+                choices.append(agent_id)
+                if agent_id is not None:
+                    loads[agent_id] += 1
+                    index = position[agent_id]
+                    views[index] = views[index].evolve(load=loads[agent_id])
+                    room -= 1
+            return choices, loads
+        # least_loaded: per routing key, the capable healthy agents (by id) and their
+        # capacities; an agent is eligible while its load is below its capacity.
+        by_key: dict[frozenset[str], list[tuple[str, int]]] = {}
+        for task in tasks:
+            if room <= 0:
+                break
+            key = routing_key(task.spec)
+            capable = by_key.get(key)
+            if capable is None:
+                capable = by_key[key] = sorted(
+                    (agent.agent_id, agent.max_concurrency + agent.buffer)
+                    for agent in agents
+                    if agent.healthy and key <= agent.capabilities
+                )
+            best: str | None = None
+            best_share = 2.0  # above any load share of an agent with room (< 1)
+            for agent_id, capacity in capable:
+                load = loads[agent_id]
+                # The lowest load / capacity; the first of equals (smallest id) wins.
+                if load < capacity and load / capacity < best_share:
+                    best, best_share = agent_id, load / capacity
+            if best is None:
+                self._unroutable += 1
+            else:
+                self._decisions += 1
+                loads[best] += 1
+                room -= 1
+            choices.append(best)
+        return choices, loads
+
     def _pick(
         self, task: TaskRecord, agents: Sequence[AgentView]
     ) -> tuple[list[AgentView], list[float], int, str] | None:

@@ -562,6 +562,50 @@ def test_choose_picks_what_route_picks_with_the_same_effect(
     assert quiet.statistics() == explaining.statistics()
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    agents=agent_sets(),
+    records=st.lists(tasks, max_size=40),
+    strategy=st.sampled_from(STRATEGIES),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_choose_batch_is_choose_task_by_task_with_loads_updated(
+    agents: list[AgentView], records: list[TaskRecord], strategy: str, seed: int
+) -> None:
+    """A batch decision is exactly the sequence of single ones, each seeing the loads the
+    ones before it added, stopping once no healthy agent has room; same router state."""
+    batch = RouterCore(strategy, rng=random.Random(seed), epsilon=0.3)
+    single = RouterCore(strategy, rng=random.Random(seed), epsilon=0.3)
+    choices, loads = batch.choose_batch(records, agents)
+    views = list(agents)
+    expected: list[str | None] = []
+    for record in records:
+        if not any(view.healthy and view.free_slots for view in views):
+            break
+        agent_id = single.choose(record, views)
+        expected.append(agent_id)
+        views = [
+            view.evolve(load=view.load + 1) if view.agent_id == agent_id else view
+            for view in views
+        ]
+    assert choices == expected
+    assert loads == {view.agent_id: view.load for view in views}
+    assert batch.statistics() == single.statistics()
+    if len(choices) < len(records):  # it stopped early: every healthy agent is full
+        assert all(not view.healthy or view.free_slots == 0 for view in views)
+
+
+def test_choose_batch_spreads_by_load_share_and_leaves_the_rest() -> None:
+    agents = [agent("a", max_concurrency=2), agent("b", max_concurrency=1, load=1)]
+    records = [task() for _ in range(4)]
+    choices, loads = RouterCore("least_loaded").choose_batch(records, agents)
+    assert choices == ["a", "a"]  # b is full; a takes two, then nobody has room
+    assert loads == {"a": 2, "b": 1}
+    mixed = [agent("a", "code"), agent("m", "mail")]
+    choices, _ = RouterCore("least_loaded").choose_batch([task("mail"), task("x")], mixed)
+    assert choices == ["m", None]
+
+
 @settings(max_examples=150, deadline=None)
 @given(agents=agent_sets(), record=tasks)
 def test_least_loaded_picks_a_minimum(agents: list[AgentView], record: TaskRecord) -> None:
