@@ -226,8 +226,7 @@ class RouterActor(Actor):
                 score=decision.score,
                 reason=decision.reason,
                 alternatives=tuple(
-                    {"agent_id": alt.agent_id, "score": alt.score}
-                    for alt in decision.alternatives
+                    {"agent_id": alt.agent_id, "score": alt.score} for alt in decision.alternatives
                 ),
             )
             latencies.append(ready_at)

@@ -585,8 +585,7 @@ def test_choose_batch_is_choose_task_by_task_with_loads_updated(
         agent_id = single.choose(record, views)
         expected.append(agent_id)
         views = [
-            view.evolve(load=view.load + 1) if view.agent_id == agent_id else view
-            for view in views
+            view.evolve(load=view.load + 1) if view.agent_id == agent_id else view for view in views
         ]
     assert choices == expected
     assert loads == {view.agent_id: view.load for view in views}
