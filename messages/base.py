@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
 from typing import Annotated, Any, Self, TypeAlias
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
@@ -121,9 +121,32 @@ def thaw_json(value: Any) -> Any:
     return value
 
 
-_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-"""``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``, without building an
-encoder per call (an encoder is stateless between calls)."""
+def _no_default(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _make_encoder() -> Callable[[Any], str]:
+    """``json.dumps(value, separators=(",", ":"), ensure_ascii=False)`` for containers,
+    as one C encoder made once: ``JSONEncoder.encode`` builds a new one on every call,
+    which costs more than encoding a small payload."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    plain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    if make is None:  # a Python without the C accelerator
+        return plain
+    encoder = make(
+        None, _no_default, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+    join = "".join
+
+    def encode(value: Any) -> str:
+        if type(value) is dict or type(value) is list:
+            return join(encoder(value, 0))
+        return plain(value)  # (a scalar: the C encoder wants a container)
+
+    return encode
+
+
+_encode_json = _make_encoder()
 
 _FLAT = frozenset({str, int, float, bool, type(None)})
 

@@ -39,6 +39,7 @@ from messages.base import (
     _set_private,
     _shape,
     empty_frozen_dict,
+    freeze_json,
 )
 from messages.errors import InvalidTransition
 
@@ -57,7 +58,7 @@ __all__ = [
     "new_task_id",
     "new_task_ids",
     "queued_records",
-    "type_only_spec",
+    "simple_spec",
     "utcnow",
 ]
 
@@ -340,32 +341,58 @@ class TaskRecord(Message):
 # TaskRecord.fast build, with less work per task.
 
 
-def type_only_spec(value: object) -> TaskSpec | None:
-    """``TaskSpec.model_validate(value)`` for the commonest input, a dict holding only a
-    valid ``"type"`` (an ASCII ``str`` of 1 to 200 characters), cheaply; None for every
-    other input, which the full validation decides (and explains, if it is invalid).
+def simple_spec(value: object) -> TaskSpec | None:
+    """``TaskSpec.model_validate(value)`` for the commonest inputs, cheaply: a dict of a
+    valid ``"type"`` (an ASCII ``str`` of 1 to 200 characters) and, optionally, a
+    ``"payload"`` (any JSON value) and a ``"priority"`` (an ``int`` in range). None for
+    every other input, which the full validation decides (and explains, if it is
+    invalid): other fields, other types, a payload that is not JSON.
 
-    The spec is the one validation makes: every other field at its default, ``type`` as
-    the only field set (the fields set shared as validation shares it), the same compact
-    dict.
+    The spec is the one validation makes: the other fields at their defaults, the given
+    ones as the fields set (shared as validation shares it), the same compact dict.
     """
-    if type(value) is dict and len(value) == 1:
-        name = value.get("type")
-        if type(name) is str and 0 < len(name) <= _TYPE_MAX_LENGTH and name.isascii():
-            shape = _SPEC_SHAPE
-            data = shape.template.copy()  # the defaults, in a compact dict
-            data["type"] = name
-            spec: TaskSpec = _new_object(TaskSpec)
-            _set_dict(spec, "__dict__", data)
-            _set_fields_set(spec, _TYPE_ONLY)
-            _set_extra(spec, None)
-            _set_private(spec, None)
-            return spec
-    return None
+    if type(value) is not dict or not 0 < len(value) <= 3 or not value.keys() <= _SIMPLE_KEYS:
+        return None
+    name = value.get("type")
+    if not (type(name) is str and 0 < len(name) <= _TYPE_MAX_LENGTH and name.isascii()):
+        return None
+    shape = _SPEC_SHAPE
+    data = shape.template.copy()  # the defaults, in a compact dict
+    data["type"] = name
+    has_priority = "priority" in value
+    has_payload = "payload" in value
+    if has_priority:
+        priority = value["priority"]
+        if type(priority) is not int or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+            return None
+        data["priority"] = priority
+    if has_payload:
+        try:
+            data["payload"] = freeze_json(value["payload"])
+        except ValueError:
+            return None
+    fields_set = _SIMPLE_FIELDS_SETS[has_payload, has_priority]
+    spec: TaskSpec = _new_object(TaskSpec)
+    _set_dict(spec, "__dict__", data)
+    _set_fields_set(spec, fields_set)
+    _set_extra(spec, None)
+    _set_private(spec, None)
+    return spec
 
 
 _SPEC_SHAPE = _shape(TaskSpec)
-_TYPE_ONLY = _SPEC_SHAPE.fields_sets.setdefault(frozenset({"type"}), {"type"})
+_SIMPLE_KEYS: Final = frozenset({"type", "payload", "priority"})
+_SIMPLE_FIELDS_SETS: Final[dict[tuple[bool, bool], set[str]]] = {}
+"""The fields sets validation shares (see Message.model_post_init), by (payload given,
+priority given)."""
+for _payload in (False, True):
+    for _priority in (False, True):
+        _keys = frozenset(
+            {"type"} | ({"payload"} if _payload else set()) | ({"priority"} if _priority else set())
+        )
+        _SIMPLE_FIELDS_SETS[_payload, _priority] = _SPEC_SHAPE.fields_sets.setdefault(
+            _keys, set(_keys)
+        )
 
 
 def queued_records(

@@ -101,7 +101,7 @@ from messages.task import (
     TaskSpec,
     TaskState,
     queued_records,
-    type_only_spec,
+    simple_spec,
 )
 from supervisor.strategy import ChildSpec, Restart, Strategy
 from supervisor.system import ActorSystem
@@ -764,7 +764,7 @@ class TaskRunner:
         return tuple(stored)
 
     def _check_spec(self, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
-        validated = type_only_spec(spec)  # {"type": ...} alone, cheaply; else None
+        validated = simple_spec(spec)  # {"type", "payload", "priority"}, cheaply; else None
         if validated is None:
             validated = _validate(TaskSpec, spec)
         size = json_size(validated.payload)

@@ -1,9 +1,10 @@
 """The submit path's shortcuts build exactly what the full path builds.
 
-``type_only_spec`` (a ``{"type": ...}`` dict validated cheaply), ``json_size``'s fast paths,
-``new_task_ids`` (a batch of UUIDv7 ids from one clock reading and one draw of random
-bytes) and ``queued_records`` (records from one template) are each checked against the
-slow path they replace; the runner's validation errors are pinned word for word.
+``simple_spec`` (a dict of ``type``, ``payload`` and ``priority`` validated cheaply),
+``json_size``'s fast paths, ``new_task_ids`` (a batch of UUIDv7 ids from one clock
+reading and one draw of random bytes) and ``queued_records`` (records from one template)
+are each checked against the slow path they replace; the runner's validation errors are
+pinned word for word.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from messages import (
     new_task_id,
 )
 from messages.base import EMPTY_FROZEN_DICT
-from messages.task import new_task_ids, queued_records, type_only_spec
+from messages.task import new_task_ids, queued_records, simple_spec
 from supervisor.runner import RunnerConfig, TaskRunner, _validate
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -60,10 +61,10 @@ def assert_same_spec(fast: TaskSpec, full: TaskSpec) -> None:
     assert hash(fast) == hash(full)
 
 
-# -- type_only_spec ----------------------------------------------------------------------
+# -- simple_spec ----------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["noop", "x", "x" * 200, " ", "a.b-c_d:e/f", "\x00"])
 def test_a_type_only_dict_gives_the_spec_validation_gives(name: str) -> None:
-    fast = type_only_spec({"type": name})
+    fast = simple_spec({"type": name})
     assert fast is not None
     assert_same_spec(fast, TaskSpec.model_validate({"type": name}))
     assert fast.payload is EMPTY_FROZEN_DICT
@@ -80,7 +81,14 @@ def test_a_type_only_dict_gives_the_spec_validation_gives(name: str) -> None:
         {"type": b"noop"},
         {"type": "\ud800"},  # not valid unicode: validation says so
         {"type": "é"},  # valid, but left to the full validation
-        {"type": "noop", "priority": 1},
+        {"type": "noop", "priority": True},  # strict: a bool is not an int
+        {"type": "noop", "priority": 1.0},
+        {"type": "noop", "priority": -1},
+        {"type": "noop", "priority": 10**6},
+        {"type": "noop", "payload": {1: "x"}},  # not JSON: validation explains it
+        {"type": "noop", "payload": float("nan")},
+        {"type": "noop", "payload": {"s": {1, 2}}},
+        {"type": "noop", "payload": {}, "priority": 1, "timeout_s": 1.0},
         {"type": "noop", "colour": "red"},
         {"typ": "noop"},
         {},
@@ -91,20 +99,20 @@ def test_a_type_only_dict_gives_the_spec_validation_gives(name: str) -> None:
     ],
 )
 def test_anything_else_is_left_to_the_full_validation(value: Any) -> None:
-    assert type_only_spec(value) is None
+    assert simple_spec(value) is None
 
 
 def test_a_str_subclass_is_left_to_the_full_validation() -> None:
     class Name(str):
         pass
 
-    assert type_only_spec({"type": Name("noop")}) is None
+    assert simple_spec({"type": Name("noop")}) is None
     assert type(TaskSpec.model_validate({"type": Name("noop")}).type) is str
 
 
 def test_the_input_dict_is_not_kept_or_changed() -> None:
     value = {"type": "noop"}
-    spec = type_only_spec(value)
+    spec = simple_spec(value)
     assert spec is not None and spec.__dict__ is not value
     value["type"] = "other"
     assert spec.type == "noop"
@@ -120,10 +128,34 @@ TYPE_VALUES = st.one_of(
     st.binary(max_size=5),
     st.lists(st.text(max_size=3), max_size=2),
 )
+JSONISH = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),  # NaN and infinities are not JSON
+        st.text(max_size=3),
+        st.binary(max_size=2),  # not JSON
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.tuples(inner),
+        st.dictionaries(st.one_of(st.text(max_size=2), st.integers(0, 2)), inner, max_size=3),
+        st.frozensets(st.integers(0, 3), max_size=2),  # not JSON
+    ),
+    max_leaves=8,
+)
 OTHER_FIELDS = st.dictionaries(
     st.sampled_from(["priority", "payload", "colour", "timeout_s", "typ"]),
-    st.one_of(st.integers(-2, 12), st.text(max_size=3), st.none(), st.just({})),
-    max_size=2,
+    st.one_of(
+        st.integers(-2, 12),
+        st.integers(-(10**6), 10**6),
+        st.text(max_size=3),
+        st.none(),
+        st.just({}),
+        JSONISH,
+    ),
+    max_size=3,
 )
 
 
@@ -136,7 +168,7 @@ def test_the_runner_validates_every_input_as_the_full_validation_does(
     got = outcome(runner._check_spec, value)
     want = outcome(_validate, TaskSpec, dict(value))
     assert got == want
-    fast = type_only_spec(value)
+    fast = simple_spec(value)
     if fast is not None:  # taken only for what the validation accepts
         assert want[0] == "ok"
         assert_same_spec(fast, want[1])
@@ -475,7 +507,7 @@ def test_queued_records_are_what_task_record_fast_builds(owner: str | None) -> N
 
 
 def test_records_from_fast_specs_are_as_small_as_from_validated_ones() -> None:
-    fast = type_only_spec({"type": "noop"})
+    fast = simple_spec({"type": "noop"})
     assert fast is not None
     full = TaskSpec.model_validate({"type": "noop"})
     (a,) = queued_records([fast], now=NOW, owner="r", max_attempts=3)
