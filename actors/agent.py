@@ -41,7 +41,6 @@ from messages.pipeline import (
     InjectCrash,
     OutcomeItem,
     Outcomes,
-    Persist,
     Released,
     RetryTask,
     Tick,
@@ -606,7 +605,7 @@ class AgentExecutor(Actor):
         peers = self.wiring.peers
         agent_id = self.state.spec.agent_id
         if out.persist:
-            peers.get("journal").tell(Persist.fast(records=tuple(out.persist), redelivered=False))
+            self.wiring.persist(tuple(out.persist))
         if out.retry:
             peers.get("retry").tell(
                 RetryTask.fast(

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -29,8 +29,11 @@ from actors.timers import TimerService
 from messages.base import FrozenDict
 from messages.errors import QueueFull
 from messages.events import LifecycleEvent
-from messages.pipeline import Tick
-from messages.task import TaskRecord
+from messages.pipeline import Persist, Tick
+from messages.task import TERMINAL_STATES, TaskRecord
+
+if TYPE_CHECKING:
+    from actors.journal.store import TaskStore
 
 __all__ = [
     "Admission",
@@ -226,6 +229,30 @@ class Wiring:
     timers: TimerService
     waiters: ResultWaiters
     admission: Admission
+    direct_store: TaskStore | None = None
+    """Set when the pipeline writes its updates into the store itself (a store with
+    ``concurrent_inserts``, ``memory://``, not shared, no pickup): see :meth:`persist`."""
+
+    def persist(self, records: tuple[TaskRecord, ...]) -> None:
+        """Write new versions of tasks to the store, in the order they were made.
+
+        Through the journal (one group commit for what its mailbox holds), or, with a
+        ``direct_store``, at once from the calling actor's thread: that store holds its
+        lock for each batch, and every update of the pipeline is written this way before
+        its writer sends the message that leads to the task's next version, so versions
+        reach the store in the order they were made, as through the journal's one
+        mailbox. Whoever waits for a task that reached a terminal state is woken.
+        A store error propagates to the calling actor, whose supervisor handles it.
+        """
+        store = self.direct_store
+        if store is None:
+            self.peers.get("journal").tell(Persist.fast(records=records, redelivered=False))
+            return
+        store.apply((), records)
+        resolve = self.waiters.resolve
+        for record in records:
+            if record.state in TERMINAL_STATES:
+                resolve(record)
 
 
 def ring(ref: ActorRef, alarm: Any) -> None:

@@ -23,7 +23,6 @@ from messages.pipeline import (
     Demand,
     Enqueue,
     InjectCrash,
-    Persist,
     Refill,
     TasksReady,
     Tick,
@@ -192,9 +191,7 @@ class QueueActor(Actor):
                     self.wiring.hub.publish("task.dead_lettered", record.task_id, reason=reason)
             state.expired += len(dead)
             self._release_credits(expired)
-            self.wiring.peers.get("journal").tell(
-                Persist.fast(records=tuple(dead), redelivered=False)
-            )
+            self.wiring.persist(tuple(dead))
         self._arm_deadline()
 
     def _arm_deadline(self) -> None:
@@ -213,7 +210,7 @@ class QueueActor(Actor):
         self.state.cancelled += 1
         self._release_credits([record])
         cancelled = record.moved(TaskState.CANCELLED, at=self.wiring.clock.now())
-        self.wiring.peers.get("journal").tell(Persist.fast(records=(cancelled,), redelivered=False))
+        self.wiring.persist((cancelled,))
         if self.wiring.hub.active:
             self.wiring.hub.publish("task.cancelled", task_id, where="queue")
         return True

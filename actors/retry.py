@@ -16,7 +16,7 @@ from typing import Any
 from actors.base import Actor
 from actors.core.retry import RetryPolicy, RetrySchedulerCore, decide
 from actors.pipeline import TickTimer, Wiring
-from messages.pipeline import CancelTask, Enqueue, InjectCrash, Persist, RetryTask, Tick
+from messages.pipeline import CancelTask, Enqueue, InjectCrash, RetryTask, Tick
 from messages.task import TaskRecord, TaskState
 
 __all__ = ["RetryActor", "RetryState"]
@@ -147,7 +147,7 @@ class RetryActor(Actor):
     def _send(self, persist: list[TaskRecord], requeue: list[TaskRecord]) -> None:
         peers = self.wiring.peers
         if persist:
-            peers.get("journal").tell(Persist.fast(records=tuple(persist), redelivered=False))
+            self.wiring.persist(tuple(persist))
         if requeue:
             peers.get("queue").tell(
                 Enqueue.fast(records=tuple(requeue), admitted=False, redelivered=False)

@@ -26,7 +26,6 @@ from messages.pipeline import (
     Demand,
     Enqueue,
     InjectCrash,
-    Persist,
     Released,
     RouteLatencies,
     TasksReady,
@@ -290,9 +289,7 @@ class RouterActor(Actor):
             if record.task_id == task_id:
                 del state.backlog[index]
                 cancelled = record.moved(TaskState.CANCELLED, at=self.wiring.clock.now())
-                self.wiring.peers.get("journal").tell(
-                    Persist.fast(records=(cancelled,), redelivered=False)
-                )
+                self.wiring.persist((cancelled,))
                 if self.wiring.hub.active:
                     self.wiring.hub.publish("task.cancelled", task_id, where="router")
                 return True

@@ -312,6 +312,7 @@ class TaskRunner:
         self._recovered = 0
         self._shared = False
         self._direct_inserts = False  # submit stores new tasks itself (see _insert)
+        self._wiring: Wiring | None = None
         self._insert_lock = threading.Lock()
         self._claimer_state = ClaimerState()
         self._agent_slots: dict[str, tuple[frozenset[str], int]] = {}
@@ -348,9 +349,7 @@ class TaskRunner:
             store.close()
             raise
         system.dead_letter_office.subscribe(self._rescue)
-        self._direct_inserts = (
-            store.concurrent_inserts and not self._shared and self._journal_state.local is None
-        )
+        self._direct_inserts = self._require_wiring().direct_store is not None
         self._accepting = True
         if config.recover and not self._shared:
             self._recover()
@@ -382,6 +381,14 @@ class TaskRunner:
     def _spawn_pipeline(self, system: ActorSystem, store: TaskStore) -> None:
         config = self.config
         peers = self._peers
+        journal = self._journal_state = JournalState(store)
+        if config.recover and store.external_writers and not store.shared:
+            journal.local = set()  # (before the recovery, which fills it)
+            journal.watermark = store.last_sequence()
+        # A store any thread may write (memory://), not shared and without pickup: submit
+        # inserts new tasks itself, and the pipeline writes its updates itself (see
+        # Wiring.persist); the journal's thread is not on the way of either.
+        direct = store.concurrent_inserts and not self._shared and journal.local is None
         wiring = Wiring(
             peers=peers,
             clock=self.clock,
@@ -389,13 +396,10 @@ class TaskRunner:
             timers=system.runtime.timers,
             waiters=self._waiters,
             admission=self._admission,
+            direct_store=store if direct else None,
         )
         self._wiring = wiring
         rng = random.Random(config.seed)
-        journal = self._journal_state = JournalState(store)
-        if config.recover and store.external_writers and not store.shared:
-            journal.local = set()  # (before the recovery, which fills it)
-            journal.watermark = store.last_sequence()
         events_hub = self._hub
         performance = PerformanceState()
         health = HealthState(HealthCore(config.heartbeat_timeout_s))
@@ -532,7 +536,10 @@ class TaskRunner:
         failed = [r for r in records if r.state in (TaskState.FAILED, TaskState.TIMED_OUT)]
         peers = self._peers
         if pending:
-            peers.get("journal").ask(Persist.fast(records=tuple(pending), redelivered=False))
+            if self._require_wiring().direct_store is not None:
+                self._require_wiring().persist(tuple(pending))
+            else:  # through the journal, waiting for the commit
+                peers.get("journal").ask(Persist.fast(records=tuple(pending), redelivered=False))
         to_queue = [*queued, *pending]
         if to_queue:
             peers.get("queue").tell(
@@ -572,7 +579,7 @@ class TaskRunner:
         if self._stopped:
             return
         queued = record.moved(TaskState.QUEUED, at=self.clock.now(), next_attempt_at=None)
-        self._peers.get("journal").tell(Persist.fast(records=(queued,), redelivered=False))
+        self._require_wiring().persist((queued,))
         self._peers.get("queue").tell(
             Enqueue.fast(records=(queued,), admitted=False, redelivered=False)
         )
@@ -630,7 +637,7 @@ class TaskRunner:
                 raise ValueError(f"agent {spec.agent_id!r} is already registered")
             name = f"agent:{spec.agent_id}"
             state = AgentState(spec, function)
-            wiring = self._wiring
+            wiring = self._require_wiring()
             ref = system.spawn(
                 ChildSpec(
                     name=name,
@@ -1011,7 +1018,7 @@ class TaskRunner:
             queued = tuple(
                 r.moved(TaskState.QUEUED, at=now, agent_id=None) for r in message.records
             )
-            self._peers.get("journal").tell(Persist.fast(records=queued, redelivered=False))
+            self._require_wiring().persist(queued)
             self._peers.get("queue").tell(
                 Enqueue.fast(records=queued, admitted=False, redelivered=False)
             )
@@ -1029,6 +1036,11 @@ class TaskRunner:
         if self._system is None:
             raise RuntimeError("the runner is not started")
         return self._system
+
+    def _require_wiring(self) -> Wiring:
+        if self._wiring is None:
+            raise RuntimeError("the runner is not started")
+        return self._wiring
 
     def _require_store(self) -> TaskStore:
         if self._store is None:

@@ -74,7 +74,13 @@ class JournalState:
 
 
 class JournalActor(Actor):
-    """Owns the store; group-commits batches of writes."""
+    """Owns the store; group-commits batches of writes.
+
+    With a store any thread may write (``memory://``, not shared, no pickup) the journal
+    is off the hot path: submit inserts and the pipeline's updates are written by their
+    makers (``TaskRunner._insert``, :meth:`~actors.pipeline.Wiring.persist`); the journal
+    still requeues dead letters and syncs.
+    """
 
     # Stopped last (it starts first), the journal writes what the pipeline sent it before
     # stopping: a stop without drain then loses no update already made (no task is run

@@ -215,6 +215,46 @@ def test_the_memory_store_takes_submits_without_a_journal_commit(
     assert [h.result(WAIT_S)["payload"] for h in handles] == [0, 1, 2]
 
 
+@pytest.mark.parametrize("store", ["memory://", "sqlite"])
+def test_pipeline_updates_reach_the_store_in_order_directly_or_through_the_journal(
+    make_runner: Callable[..., TaskRunner], store: str, tmp_path: Path
+) -> None:
+    # memory:// writes each update from the actor that makes it (Wiring.persist); sqlite
+    # through the journal's group commits. Either way every version lands, in order: a
+    # task that fails, waits (no backoff to speak of) and runs again ends COMPLETED with
+    # both attempts, a running task reads RUNNING, a cancelled one CANCELLED.
+    url = store if store == "memory://" else f"sqlite:///{tmp_path}/tasks.db"
+    runner = make_runner(store=url, backoff_base_s=0.0, backoff_cap_s=0.0)
+    journal = runner._peers.get("journal")
+    commits = runner._actor_statistics(journal)["commits"]
+    gate = Gate()
+    failed_once: set[Any] = set()
+
+    def flaky(task: TaskContext) -> Any:
+        if task.payload == "gate":
+            return gate(task)
+        if task.payload not in failed_once:
+            failed_once.add(task.payload)
+            raise RuntimeError("first attempt fails")
+        return task.payload
+
+    runner.register_agent(agent(concurrency=2), flaky)
+    held = runner.submit(type="code", payload="gate")
+    assert gate.first_started.wait(WAIT_S)
+    wait_for(lambda: held.state() is TaskState.RUNNING)
+    retried = [runner.submit(type="code", payload=n) for n in range(20)]
+    assert [h.result(WAIT_S) for h in retried] == list(range(20))
+    for handle in retried:
+        record = runner.get(handle.task_id)
+        assert record.state is TaskState.COMPLETED
+        assert [a.outcome for a in record.history] == ["failed", "completed"]
+    assert held.cancel() is True
+    assert held.state() is TaskState.CANCELLED
+    gate.open.set()
+    written = runner._actor_statistics(journal)["commits"] - commits
+    assert (written == 0) if store == "memory://" else (written > 0)
+
+
 def test_concurrent_submitters_queue_tasks_in_store_sequence_order(
     make_runner: Callable[..., TaskRunner],
 ) -> None:
