@@ -594,6 +594,16 @@ def test_choose_batch_is_choose_task_by_task_with_loads_updated(
         assert all(not view.healthy or view.free_slots == 0 for view in views)
 
 
+def test_choose_batch_breaks_ties_by_id_and_compares_load_shares() -> None:
+    equal = [agent("a"), agent("b")]
+    choices, loads = RouterCore("least_loaded").choose_batch([task(), task(), task()], equal)
+    assert choices == ["a", "b", "a"]  # ties go to the smallest id, then the share decides
+    assert loads == {"a": 2, "b": 1}
+    uneven = [agent("a", load=1), agent("b", load=2), agent("c", max_concurrency=8, load=3)]
+    choices, _ = RouterCore("least_loaded").choose_batch([task()], uneven)
+    assert choices == ["a"]  # 1/4 beats 2/4 and 3/8
+
+
 def test_choose_batch_spreads_by_load_share_and_leaves_the_rest() -> None:
     agents = [agent("a", max_concurrency=2), agent("b", max_concurrency=1, load=1)]
     records = [task() for _ in range(4)]

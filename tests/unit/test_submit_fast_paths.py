@@ -35,7 +35,7 @@ from messages import (
     new_task_id,
 )
 from messages.base import EMPTY_FROZEN_DICT
-from messages.task import new_task_ids, queued_records, simple_spec
+from messages.task import PRIORITY_MAX, PRIORITY_MIN, new_task_ids, queued_records, simple_spec
 from supervisor.runner import RunnerConfig, TaskRunner, _validate
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -69,6 +69,26 @@ def test_a_type_only_dict_gives_the_spec_validation_gives(name: str) -> None:
     assert_same_spec(fast, TaskSpec.model_validate({"type": name}))
     assert fast.payload is EMPTY_FROZEN_DICT
     assert fast.trace_context is EMPTY_FROZEN_DICT
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"type": "noop", "payload": {"n": 1}},
+        {"type": "noop", "payload": [1, "two", {"three": None}]},
+        {"type": "noop", "payload": 3.5},
+        {"type": "noop", "priority": PRIORITY_MIN},
+        {"type": "noop", "priority": PRIORITY_MAX},
+        {"type": "noop", "payload": {"n": 1}, "priority": PRIORITY_MIN},
+        {"type": "noop", "payload": {}, "priority": PRIORITY_MAX},
+    ],
+)
+def test_type_payload_and_priority_take_the_fast_path_to_the_same_spec(
+    value: dict[str, Any],
+) -> None:
+    fast = simple_spec(value)
+    assert fast is not None  # taken (not left to the full validation) for these inputs
+    assert_same_spec(fast, TaskSpec.model_validate(value))
 
 
 @pytest.mark.parametrize(
