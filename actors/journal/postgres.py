@@ -345,6 +345,9 @@ _UNAVAILABLE: Final = (
     psycopg.errors.InsufficientPrivilege,
     psycopg.errors.ReadOnlySqlTransaction,
     psycopg.errors.CannotConnectNow,
+    # The server ended a session left idle inside a transaction (the runner was paused):
+    # an InternalError to psycopg, a lost connection to us.
+    psycopg.errors.IdleInTransactionSessionTimeout,
 )
 _RETRYABLE: Final = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _FENCE_LOG_LIMIT: Final = 20  # store.update_fenced lines per batch (the rest are counted)
@@ -1346,7 +1349,10 @@ class _Tries:
         if isinstance(exc, _RETRYABLE):
             self._lost += 1
             return self._lost < _RETRIES
-        if isinstance(exc, psycopg.OperationalError) and conn is not None and conn.broken:
+        # Any error on a connection that is now broken is its loss (the server restarted,
+        # or ended the session: e.g. idle_in_transaction_session_timeout after a pause,
+        # which psycopg raises as an InternalError): the write goes again on another.
+        if conn is not None and conn.broken:
             self._broken += 1
             _log.info("store.connection_lost", retrying=self._broken < self._limit)
             return self._broken < self._limit

@@ -27,6 +27,7 @@ from tests.conftest import WAIT_S, wait_for
 from tests.faultproxy import FaultProxy, fault_proxy
 from tests.integration.test_journal_contract import (
     POSTGRES_URL,
+    make_record,
     postgres_schema,
     postgres_unreachable,
     run_sql,
@@ -316,6 +317,51 @@ def test_a_lock_held_too_long_is_a_timeout_not_a_hang(schema: str) -> None:
             with pytest.raises(StoreError, match="statement timeout"):
                 store.counts()
             assert time.monotonic() - started < WAIT_S
+
+
+def test_a_session_ended_inside_a_write_is_a_lost_connection_and_written_again(
+    schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runner paused inside a write's transaction (SIGSTOP, a frozen VM) past the
+    server's idle_in_transaction_session_timeout finds its session ended when it resumes:
+    psycopg raises that as an InternalError (25P03) on a broken connection. It is a lost
+    connection: the batch is written again on a fresh one, not refused (the journal used
+    to crash and dead-letter it, losing a finished task's result)."""
+    import actors.journal.postgres as postgres
+
+    monkeypatch.setattr(postgres, "_IDLE_IN_TRANSACTION_MS", 200)
+    url = f"{POSTGRES_URL}?schema={schema}"
+    with open_store(url) as store:
+        assert isinstance(store, postgres.PostgresStore)
+        (record,) = store.apply([make_record()], [])
+        original = store._update_all
+        paused = threading.Event()
+
+        def pause_once(*args: Any, **kwargs: Any) -> Any:
+            if not paused.is_set():
+                paused.set()
+                # Inside the transaction, between statements: idle in transaction, five
+                # times as long as the server allows (its timer, not ordering, is tested).
+                threading.Event().wait(1.0)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(store, "_update_all", pause_once)
+        running = record.moved(TaskState.ASSIGNED, at=record.updated_at, agent_id="a")
+        _, fenced = store.apply_fenced([], [running])
+        assert paused.is_set() and not fenced
+        got = store.get(record.task_id)
+        assert got is not None and got.state is TaskState.ASSIGNED
+        assert store.statistics()["rollbacks"] >= 1  # the ended session's attempt
+
+
+def test_the_session_timeout_error_means_unavailable_not_a_bad_write() -> None:
+    import psycopg.errors
+
+    from actors.journal.postgres import PostgresStore
+
+    store = PostgresStore(f"{POSTGRES_URL}?schema=unused")  # not opened: only translates
+    error = store._translate(psycopg.errors.IdleInTransactionSessionTimeout("ended"), "writing")
+    assert isinstance(error, StoreUnavailable)
 
 
 def test_statement_timeout_must_be_seconds() -> None:
