@@ -351,7 +351,7 @@ def simple_spec(value: object) -> TaskSpec | None:
     The spec is the one validation makes: the other fields at their defaults, the given
     ones as the fields set (shared as validation shares it), the same compact dict.
     """
-    if type(value) is not dict or not 0 < len(value) <= 3 or not value.keys() <= _SIMPLE_KEYS:
+    if type(value) is not dict or not value.keys() <= _SIMPLE_KEYS:
         return None
     name = value.get("type")
     if not (type(name) is str and 0 < len(name) <= _TYPE_MAX_LENGTH and name.isascii()):
@@ -382,17 +382,17 @@ def simple_spec(value: object) -> TaskSpec | None:
 
 _SPEC_SHAPE = _shape(TaskSpec)
 _SIMPLE_KEYS: Final = frozenset({"type", "payload", "priority"})
-_SIMPLE_FIELDS_SETS: Final[dict[tuple[bool, bool], set[str]]] = {}
+_SIMPLE_FIELDS_SETS: Final[dict[tuple[bool, bool], set[str]]] = {
+    (payload, priority): _SPEC_SHAPE.fields_sets.setdefault(keys, set(keys))
+    for payload, priority, keys in (
+        (False, False, frozenset({"type"})),
+        (True, False, frozenset({"type", "payload"})),
+        (False, True, frozenset({"type", "priority"})),
+        (True, True, _SIMPLE_KEYS),
+    )
+}
 """The fields sets validation shares (see Message.model_post_init), by (payload given,
 priority given)."""
-for _payload in (False, True):
-    for _priority in (False, True):
-        _keys = frozenset(
-            {"type"} | ({"payload"} if _payload else set()) | ({"priority"} if _priority else set())
-        )
-        _SIMPLE_FIELDS_SETS[_payload, _priority] = _SPEC_SHAPE.fields_sets.setdefault(
-            _keys, set(_keys)
-        )
 
 
 def queued_records(

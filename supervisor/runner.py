@@ -536,8 +536,9 @@ class TaskRunner:
         failed = [r for r in records if r.state in (TaskState.FAILED, TaskState.TIMED_OUT)]
         peers = self._peers
         if pending:
-            if self._require_wiring().direct_store is not None:
-                self._require_wiring().persist(tuple(pending))
+            wiring = self._require_wiring()
+            if wiring.direct_store is not None:
+                wiring.persist(tuple(pending))  # written before it returns
             else:  # through the journal, waiting for the commit
                 peers.get("journal").ask(Persist.fast(records=tuple(pending), redelivered=False))
         to_queue = [*queued, *pending]
