@@ -59,22 +59,35 @@ class RouterState:
 class RouterActor(Actor):
     """Routes ready tasks to agents in batches; one ``Assign`` per agent per batch."""
 
-    def __init__(self, state: RouterState, wiring: Wiring, prefetch: float = 0.0) -> None:
+    def __init__(
+        self, state: RouterState, wiring: Wiring, prefetch: float = 0.0, batch_limit: int = 256
+    ) -> None:
         self.state = state
         self.wiring = wiring
         self.prefetch = prefetch
+        self.batch_limit = batch_limit
 
     def on_start(self) -> None:
         self._route_backlog()
         self._send_demand()
 
     def receive(self, message: Any) -> Any:
-        if isinstance(message, TasksReady):
-            self.state.received += len(message.records)
-            self.state.backlog.extend((record, message.ready_at) for record in message.records)
+        if isinstance(message, (TasksReady, Released)):
+            # The hot path: take in every task and every freed slot waiting in the mailbox,
+            # then route and ask for more once (one Demand, one Assign per agent, for all).
+            freed = self._take_in(message)
+            for item in self.context.take_pending(self.batch_limit):
+                body = item.message
+                if isinstance(body, (TasksReady, Released)):
+                    freed = self._take_in(body) or freed
+                elif isinstance(body, InjectCrash):
+                    # Crash on its own turn, not in the middle of a batch already taken.
+                    self.context.self_ref.tell(body)
+                else:
+                    item.reply(self.receive(body))  # in mailbox order; routes and demands
             self._route_backlog()
-        elif isinstance(message, Released):
-            self._released(message)
+            if freed:  # (new tasks alone change nothing the queue does not know)
+                self._send_demand()
         elif isinstance(message, AgentsSnapshot):
             self._snapshot(message)
         elif isinstance(message, Tick):
@@ -100,18 +113,26 @@ class RouterActor(Actor):
         }
 
     # ------------------------------------------------------------------
-    def _released(self, message: Released) -> None:
+    def _take_in(self, message: TasksReady | Released) -> bool:
+        """Add the tasks of a ``TasksReady`` to the backlog, or free the slots of a
+        ``Released`` (True); routing waits for the end of the batch."""
         state = self.state
-        tasks = state.inflight.get(message.agent_id)
-        view = state.views.get(message.agent_id)
+        if isinstance(message, TasksReady):
+            state.received += len(message.records)
+            ready_at = message.ready_at
+            state.backlog.extend((record, ready_at) for record in message.records)
+            return False
+        agent_id = message.agent_id
+        tasks = state.inflight.get(agent_id)
+        record_outcome = state.core.record_outcome
         for task_id, task_type, success, latency_ms in message.outcomes:
             if tasks is not None:
                 tasks.discard(task_id)
-            state.core.record_outcome(task_type, message.agent_id, success, latency_ms)
+            record_outcome(task_type, agent_id, success, latency_ms)
+        view = state.views.get(agent_id)
         if view is not None and tasks is not None:
-            state.views[message.agent_id] = view.evolve(load=len(tasks))
-        self._route_backlog()
-        self._send_demand()
+            state.views[agent_id] = view.evolve(load=len(tasks))
+        return True
 
     def _snapshot(self, message: AgentsSnapshot) -> None:
         state = self.state
