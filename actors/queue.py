@@ -51,9 +51,10 @@ class QueueState:
 class QueueActor(Actor):
     """Holds queued tasks; dispatches them to the router as agents have free slots."""
 
-    def __init__(self, state: QueueState, wiring: Wiring) -> None:
+    def __init__(self, state: QueueState, wiring: Wiring, batch_limit: int = 256) -> None:
         self.state = state
         self.wiring = wiring
+        self.batch_limit = batch_limit
 
     def on_start(self) -> None:
         # A restarted queue may have tasks and demand waiting: carry on dispatching.
@@ -61,21 +62,23 @@ class QueueActor(Actor):
         self._arm_deadline()
 
     def receive(self, message: Any) -> Any:
-        if isinstance(message, Enqueue):
-            self._enqueue(message)
-        elif isinstance(message, Demand):
-            # Tasks sent that the router had not received when it computed this demand
-            # would be counted twice: take them off the free slots first.
-            in_transit = max(0, self.state.dispatched - message.received)
-            demand = []
-            for caps, free in message.slots:
-                used = min(free, in_transit)
-                in_transit -= used
-                demand.append([caps, free - used])
-            self.state.demand = demand
-            self.state.known_capabilities = tuple(caps for caps, _ in message.slots)
+        if isinstance(message, (Enqueue, Demand)):
+            # The hot path: take in every task and every demand waiting in the mailbox,
+            # then dispatch once (one TasksReady for all, in priority order across them).
+            demanded = self._take_in(message)
+            for item in self.context.take_pending(self.batch_limit):
+                body = item.message
+                if isinstance(body, (Enqueue, Demand)):
+                    demanded = self._take_in(body) or demanded
+                elif isinstance(body, InjectCrash):
+                    # Crash on its own turn, not in the middle of a batch already taken.
+                    self.context.self_ref.tell(body)
+                else:
+                    self._dispatch()  # what came before it is served first, as one by one
+                    item.reply(self.receive(body))
             self._dispatch()
-            self._check_refill(on_demand=True)
+            self._check_refill(on_demand=demanded)
+            self._arm_deadline()
         elif isinstance(message, Tick):
             self.state.timer.fired()
             self._expire()
@@ -101,8 +104,22 @@ class QueueActor(Actor):
         }
 
     # ------------------------------------------------------------------
-    def _enqueue(self, message: Enqueue) -> None:
+    def _take_in(self, message: Enqueue | Demand) -> bool:
+        """Queue the tasks of an ``Enqueue``, or take the free slots of a ``Demand``
+        (True); dispatching waits for the end of the batch."""
         state = self.state
+        if isinstance(message, Demand):
+            # Tasks sent that the router had not received when it computed this demand
+            # would be counted twice: take them off the free slots first.
+            in_transit = max(0, state.dispatched - message.received)
+            demand = []
+            for caps, free in message.slots:
+                used = min(free, in_transit)
+                in_transit -= used
+                demand.append([caps, free - used])
+            state.demand = demand
+            state.known_capabilities = tuple(caps for caps, _ in message.slots)
+            return True
         core = state.core
         hub = self.wiring.hub
         listening = hub.active
@@ -117,9 +134,7 @@ class QueueActor(Actor):
                 credited.add(task_id)
             if listening:
                 hub.publish("task.queued", task_id, priority=record.spec.priority)
-        self._dispatch()
-        self._check_refill(on_demand=False)
-        self._arm_deadline()
+        return False
 
     def _dispatch(self) -> None:
         state = self.state
