@@ -29,10 +29,11 @@ from actors.timers import TimerService
 from messages.base import FrozenDict
 from messages.errors import QueueFull
 from messages.events import LifecycleEvent
-from messages.pipeline import Persist, Tick
+from messages.pipeline import InjectCrash, Persist, Tick
 from messages.task import TERMINAL_STATES, TaskRecord
 
 if TYPE_CHECKING:
+    from actors.base import Actor
     from actors.journal.store import TaskStore
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "TickTimer",
     "Wiring",
     "ring",
+    "take_in_mailbox",
 ]
 
 _log = structlog.get_logger("arbiter.events")
@@ -253,6 +255,37 @@ class Wiring:
         for record in records:
             if record.state in TERMINAL_STATES:
                 resolve(record)
+
+
+def take_in_mailbox(
+    actor: Actor,
+    first: Any,
+    kinds: tuple[type, ...],
+    take_in: Callable[[Any], bool],
+    before_other: Callable[[], None],
+    limit: int,
+) -> bool:
+    """Take in ``first`` and up to ``limit`` more messages of ``kinds`` waiting in the
+    actor's mailbox with ``take_in`` (which returns a flag; the result is True if any call
+    did), so that the caller acts once for all of them afterwards.
+
+    Any other message is handled in its place in the mailbox order, by the actor's own
+    ``receive`` (its asker answered), after ``before_other()`` acts on what came before
+    it. An ``InjectCrash`` is sent again, to fail on its own turn rather than in the middle
+    of a batch already taken (a failure dead-letters every message taken with it).
+    """
+    flag = take_in(first)
+    context = actor.context
+    for item in context.take_pending(limit):
+        body = item.message
+        if isinstance(body, kinds):
+            flag = take_in(body) or flag
+        elif isinstance(body, InjectCrash):
+            context.self_ref.tell(body)
+        else:
+            before_other()
+            item.reply(actor.receive(body))
+    return flag
 
 
 def ring(ref: ActorRef, alarm: Any) -> None:

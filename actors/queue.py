@@ -17,7 +17,7 @@ from typing import Any
 
 from actors.base import Actor
 from actors.core.queue import RoutingKey, TaskQueueCore, routing_key
-from actors.pipeline import TickTimer, Wiring
+from actors.pipeline import TickTimer, Wiring, take_in_mailbox
 from messages.pipeline import (
     CancelTask,
     Demand,
@@ -65,17 +65,9 @@ class QueueActor(Actor):
         if isinstance(message, (Enqueue, Demand)):
             # The hot path: take in every task and every demand waiting in the mailbox,
             # then dispatch once (one TasksReady for all, in priority order across them).
-            demanded = self._take_in(message)
-            for item in self.context.take_pending(self.batch_limit):
-                body = item.message
-                if isinstance(body, (Enqueue, Demand)):
-                    demanded = self._take_in(body) or demanded
-                elif isinstance(body, InjectCrash):
-                    # Crash on its own turn, not in the middle of a batch already taken.
-                    self.context.self_ref.tell(body)
-                else:
-                    self._dispatch()  # what came before it is served first, as one by one
-                    item.reply(self.receive(body))
+            demanded = take_in_mailbox(
+                self, message, (Enqueue, Demand), self._take_in, self._dispatch, self.batch_limit
+            )
             self._dispatch()
             self._check_refill(on_demand=demanded)
             self._arm_deadline()

@@ -18,7 +18,7 @@ from typing import Any
 from actors.base import Actor
 from actors.cell import ActorRef
 from actors.core.router import RouterCore, is_eligible, routing_key
-from actors.pipeline import HeldReports, TickTimer, Wiring
+from actors.pipeline import HeldReports, TickTimer, Wiring, take_in_mailbox
 from messages.pipeline import (
     AgentsSnapshot,
     Assign,
@@ -75,16 +75,14 @@ class RouterActor(Actor):
         if isinstance(message, (TasksReady, Released)):
             # The hot path: take in every task and every freed slot waiting in the mailbox,
             # then route and ask for more once (one Demand, one Assign per agent, for all).
-            freed = self._take_in(message)
-            for item in self.context.take_pending(self.batch_limit):
-                body = item.message
-                if isinstance(body, (TasksReady, Released)):
-                    freed = self._take_in(body) or freed
-                elif isinstance(body, InjectCrash):
-                    # Crash on its own turn, not in the middle of a batch already taken.
-                    self.context.self_ref.tell(body)
-                else:
-                    item.reply(self.receive(body))  # in mailbox order; routes and demands
+            freed = take_in_mailbox(
+                self,
+                message,
+                (TasksReady, Released),
+                self._take_in,
+                self._route_backlog,
+                self.batch_limit,
+            )
             self._route_backlog()
             if freed:  # (new tasks alone change nothing the queue does not know)
                 self._send_demand()
