@@ -40,8 +40,8 @@ def _wiring(system: ActorSystem, peer: str, log: list[tuple[int, Any]]) -> Wirin
 def _held_up(
     system: ActorSystem, name: str, factory: Callable[[], Actor], key: str
 ) -> tuple[ActorRef, threading.Event]:
-    """``factory``'s actor on a dispatcher shared with a blocker: its mail piles up until
-    the returned event is set (call ``hold()`` to start blocking)."""
+    """``factory``'s actor on a dispatcher shared with a blocker, which blocks it at once:
+    its mail piles up until the returned event is set."""
     blocker = system.spawn(ChildSpec(name="blocker", factory=recorder([]), dispatcher="pipe"))
     ref = system.spawn(ChildSpec(name=name, factory=factory, dispatcher="pipe"))
     _BLOCKERS[key] = release = threading.Event()
