@@ -123,6 +123,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="no-op and submit repeats, median taken (default 3; --quick: 1)",
     )
     parser.add_argument(
+        "--paced-repeats",
+        type=int,
+        default=None,
+        help="paced_latency rounds, systems interleaved, median taken (default 3; --quick: 1)",
+    )
+    parser.add_argument(
         "--rates",
         type=lambda v: [float(x) for x in _csv(v)],
         default=None,
@@ -152,13 +158,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.rates = [1000.0] if args.size == "quick" else list(DEFAULT_RATES)
     if args.repeats is None:
         args.repeats = 1 if args.size == "quick" else 3
+    if args.paced_repeats is None:
+        args.paced_repeats = 1 if args.size == "quick" else 3
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
-    sizes = (args.n, args.paced_n, args.memory_n, args.repeats, args.peer_threads, args.scaling_n)
+    sizes = (
+        args.n,
+        args.paced_n,
+        args.memory_n,
+        args.repeats,
+        args.paced_repeats,
+        args.peer_threads,
+        args.scaling_n,
+    )
     if any(v <= 0 for v in sizes):
         parser.error(
-            "--n, --paced-n, --memory-n, --repeats, --peer-threads and --scaling-n must be positive"
+            "--n, --paced-n, --memory-n, --repeats, --paced-repeats, --peer-threads and "
+            "--scaling-n must be positive"
         )
     if any(r <= 0 for r in args.rates):
         parser.error("--rates must be positive")
@@ -222,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "noop_n": args.n,
         "noop_repeats": args.repeats,
         "paced_n": args.paced_n,
+        "paced_repeats": args.paced_repeats,
         "paced_rates_per_s": args.rates,
         "submit_n": args.n,
         "memory_n": args.memory_n,
@@ -262,8 +280,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         section = time.monotonic()
         for rate in args.rates:
             print(f"== {PACED_WORKLOAD}: {args.paced_n:,} tasks offered open-loop at {rate:g}/s")
-            for name, system in _supporting(runnable, PACED_WORKLOAD):
-                _record(result, workloads.run_paced_latency(name, system, rate, args.paced_n))
+            if args.paced_repeats > 1:
+                print(f"   {args.paced_repeats} interleaved rounds, median of each percentile")
+            paced = workloads.run_paced_rounds(
+                _supporting(runnable, PACED_WORKLOAD), rate, args.paced_n, args.paced_repeats
+            )
+            for outcome in paced:
+                _record(result, outcome)
         _section_done(section, PACED_WORKLOAD)
     if SUBMIT_WORKLOAD in args.workloads:
         section = time.monotonic()

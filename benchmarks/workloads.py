@@ -10,6 +10,11 @@
 * ``run_noop_throughput`` / ``run_paced_latency`` / ``run_repeated`` / ``run_once``: call a
   system under a watchdog so that a hanging system becomes an error entry instead of
   hanging the whole run.
+* ``run_paced_rounds``: the paced runs of every system in interleaved rounds (each round
+  runs each system once, the order rotated), reduced to the median of each percentile:
+  the machine's own stalls (a bare ``SimpleQueue`` hand-off sees 2-7 ms ones every second
+  or so on the benchmark VM) then fall on every system alike instead of deciding a p99
+  comparison by which system happened to run during them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import statistics
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -342,6 +347,54 @@ def run_paced_latency(
         + routing
     )
     return Measurement(workload=workload, system=name, metrics=metrics)
+
+
+def run_paced_rounds(
+    systems: Sequence[tuple[str, Any]],
+    rate_per_s: float,
+    n: int,
+    rounds: int,
+    log: Callable[[str], None] = print,
+    timeout_s: float | None = None,
+) -> list[Measurement | ErrorEntry]:
+    """``rounds`` interleaved rounds of :func:`run_paced_latency` over ``systems`` (round
+    ``r`` starts at the ``r``-th system, so no system always runs first or last); per
+    system the median of each metric, with each round's end-to-end p99 as the samples.
+    A system that fails a round is reported by its error and not run again."""
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in systems}
+    failed: dict[str, ErrorEntry] = {}
+    count = len(systems)
+    for round_index in range(rounds):
+        if rounds > 1:
+            log(f"  round {round_index + 1}/{rounds}")
+        for offset in range(count):
+            name, system = systems[(round_index + offset) % count]
+            if name in failed:
+                continue
+            outcome = run_paced_latency(name, system, rate_per_s, n, log, timeout_s)
+            if isinstance(outcome, ErrorEntry):
+                failed[name] = outcome
+            else:
+                runs[name].append(dict(outcome.metrics))
+    results: list[Measurement | ErrorEntry] = []
+    workload = paced_workload_name(rate_per_s)
+    for name, _ in systems:
+        if name in failed:
+            results.append(failed[name])
+            continue
+        done = runs[name]
+        keys = [k for k in done[0] if all(k in r for r in done)]
+        results.append(
+            Measurement(
+                workload=workload,
+                system=name,
+                metrics={k: statistics.median(r[k] for r in done) for k in keys},
+                samples=tuple(r["end_to_end_ms_p99"] for r in done) if rounds > 1 else (),
+            )
+        )
+    return results
 
 
 def _checked_metrics(value: Any) -> dict[str, float]:

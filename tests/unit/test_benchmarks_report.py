@@ -142,6 +142,44 @@ def test_a_failing_or_hanging_system_becomes_an_error_entry() -> None:
     assert "WatchdogTimeout" in hung.error
 
 
+def test_paced_rounds_interleave_the_systems_and_take_medians() -> None:
+    calls: list[str] = []
+
+    class Paced:
+        def __init__(self, name: str, p99s: list[float]) -> None:
+            self.name, self.p99s = name, p99s
+
+        def paced_latency(self, rate_per_s: float, n: int) -> dict[str, dict[str, float]]:
+            calls.append(self.name)
+            p99 = self.p99s[len([c for c in calls if c == self.name]) - 1]
+            return {"end_to_end_ms": {"p50": 1.0, "p95": 2.0, "p99": p99}}
+
+    class FailsSecond(Paced):
+        def paced_latency(self, rate_per_s: float, n: int) -> dict[str, dict[str, float]]:
+            if self.name in calls:
+                raise RuntimeError("second round")
+            return super().paced_latency(rate_per_s, n)
+
+    systems = [
+        ("a", Paced("a", [9.0, 1.0, 2.0])),
+        ("b", Paced("b", [3.0, 30.0, 4.0])),
+        ("c", FailsSecond("c", [5.0])),
+    ]
+    results = workloads.run_paced_rounds(systems, 1000, 10, 3, log=lambda _: None)
+    # Round r starts at system r; c failed its second run and was not run again.
+    assert calls == ["a", "b", "c", "b", "a", "a", "b"]  # (a failed call is not logged)
+    a, b, c = results
+    assert isinstance(a, Measurement) and isinstance(b, Measurement)
+    assert a.workload == "paced_latency_1000" and a.system == "a"
+    assert a.metrics["end_to_end_ms_p99"] == 2.0 and a.samples == (9.0, 1.0, 2.0)
+    assert b.metrics["end_to_end_ms_p99"] == 4.0 and b.metrics["end_to_end_ms_p50"] == 1.0
+    assert isinstance(c, ErrorEntry) and c.error == "RuntimeError: second round"
+    with pytest.raises(ValueError, match="rounds"):
+        workloads.run_paced_rounds(systems, 1000, 10, 0)
+    one = workloads.run_paced_rounds([("d", Paced("d", [7.0]))], 500, 10, 1, log=lambda _: None)
+    assert isinstance(one[0], Measurement) and one[0].samples == ()
+
+
 def _with_arbiter() -> list[Measurement]:
     lat = {"end_to_end_ms_p50": 1.0, "end_to_end_ms_p95": 2.0, "end_to_end_ms_p99": 4.0}
     return [
@@ -353,6 +391,9 @@ def test_cli_sizes_and_workload_support() -> None:
     quick = cli.parse_args(["--quick"])
     assert (quick.n, quick.paced_n, quick.memory_n) == (5_000, 1_000, 5_000)
     assert quick.rates == [1000.0] and cli.parse_args([]).rates == [500.0, 1000.0, 2000.0]
+    assert quick.paced_repeats == 1 and cli.parse_args([]).paced_repeats == 3
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--paced-repeats", "0"])
     full = cli.parse_args(["--full", "--memory-n", "7"])
     assert (full.n, full.memory_n) == (100_000, 7)
     assert cli.parse_args([]).memory_n == 100_000
