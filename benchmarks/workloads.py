@@ -385,12 +385,11 @@ def run_paced_rounds(
             results.append(failed[name])
             continue
         done = runs[name]
-        keys = [k for k in done[0] if all(k in r for r in done)]
         results.append(
             Measurement(
                 workload=workload,
                 system=name,
-                metrics={k: statistics.median(r[k] for r in done) for k in keys},
+                metrics=_medians(done),
                 samples=tuple(r["end_to_end_ms_p99"] for r in done) if rounds > 1 else (),
             )
         )
@@ -429,13 +428,18 @@ def run_repeated(
         runs.append(metrics)
         shown = ", ".join(f"{k} {v:,.0f}" for k, v in metrics.items())
         log(f"  {name}: {workload} run {i + 1}/{repeats}: {shown}")
-    keys = [k for k in runs[0] if all(k in r for r in runs)]
     return Measurement(
         workload=workload,
         system=name,
-        metrics={k: statistics.median(r[k] for r in runs) for k in keys},
+        metrics=_medians(runs),
         samples=tuple(r[primary] for r in runs if primary in r),
     )
+
+
+def _medians(runs: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The median of each metric that every run reported."""
+    keys = [k for k in runs[0] if all(k in r for r in runs)]
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
 
 
 def run_scaling(
