@@ -70,6 +70,7 @@ class TaskContext:
 
     __slots__ = (
         "_cancelled",
+        "_early",
         "_frozen_payload",
         "_payload",
         "agent_id",
@@ -92,6 +93,9 @@ class TaskContext:
     # A one-element list rather than an Event: set once by the executor, read by the
     # handler; a single reference store, so no lock is needed, and it is cheap to make.
     _cancelled: list[bool]
+    # True when the executor handed the attempt to its workers ahead of a free slot (a
+    # prefetched task): the worker that takes it reports when it starts.
+    _early: bool
 
     def __init__(
         self,
@@ -115,6 +119,7 @@ class TaskContext:
         _put["deadline"](self, deadline)
         _put["trace_context"](self, {} if trace_context is None else trace_context)
         _put["_cancelled"](self, [False])
+        _put["_early"](self, False)
 
     @property
     def payload(self) -> Any:
@@ -176,7 +181,17 @@ class AgentState:
     running: dict[uuid.UUID, _Run] = field(default_factory=dict)
     waiting: OrderedDict[uuid.UUID, TaskRecord] = field(default_factory=OrderedDict)
     """ASSIGNED tasks held beyond max_concurrency (the router's prefetch), oldest first:
-    each starts the moment a slot frees, without a round trip through router and queue."""
+    each starts the moment a slot frees, without a round trip through router and queue.
+    With a sync handler they are in the workers' job queue already (``handed``)."""
+    handed: dict[uuid.UUID, TaskContext] = field(default_factory=dict)
+    """Sync handlers: the contexts of waiting tasks put in the workers' job queue ahead of
+    a free slot. A worker that finishes an attempt takes the next one at once (no
+    executor turn and no thread wake-up between them) and reports its start in
+    ``started``; the executor makes it RUNNING then. Cancelling or giving one back sets
+    its cancelled flag, and a worker skips a flagged context."""
+    started: deque[tuple[TaskContext, float]] = field(default_factory=deque)
+    """Handed attempts a worker started (context, monotonic start), not yet taken by the
+    executor; rung like ``done``."""
     unreleased: list[tuple[uuid.UUID, str, bool, float]] = field(default_factory=list)
     """Slots freed and not yet told to the router: while the waiting line holds more than
     was freed a refill is not urgent, so they go out together, in one message."""
@@ -221,6 +236,14 @@ class AgentState:
             assert self.ref is not None
             ring(self.ref, _WORK_DONE)
 
+    def report_start(self, context: TaskContext, started: float) -> None:
+        """On a handler's thread: a handed attempt starts now (see ``handed``)."""
+        self.started.append((context, started))
+        if not self.rung:
+            self.rung = True
+            assert self.ref is not None
+            ring(self.ref, _WORK_DONE)
+
     def start_workers(self, ref: ActorRef, monotonic: Callable[[], float]) -> None:
         """Create the pool or the loop thread (once; they outlive restarts). ``monotonic``
         is the runner clock's, which times the attempts."""
@@ -241,6 +264,7 @@ class AgentState:
                 self.spec.agent_id,
                 self.report_done,
                 monotonic,
+                self.report_start,
             )
 
     def stop_workers(self) -> None:
@@ -279,7 +303,7 @@ class AgentExecutor(Actor):
         # Attempts that ended before the crash are recorded first (their ring may have
         # been lost with the failed incarnation's batch).
         state.rung = False
-        if state.done:
+        if state.done or state.started:
             out = _Out()
             self._take_done(out)
             self._flush(out)
@@ -331,6 +355,7 @@ class AgentExecutor(Actor):
                 continue
             item.reply(self._handle(item.message, out))
         self._start_waiting(out)
+        self._hand_waiting()
         self._flush(out)
         return answer
 
@@ -371,12 +396,75 @@ class AgentExecutor(Actor):
                 state.zombies += 1
             state.waiting[record.task_id] = record
 
+    def _hand_waiting(self) -> None:
+        """Sync handlers: put the waiting tasks not handed yet in the workers' job queue
+        (they are the newest, at the end of the line), oldest first, each flagged for its
+        worker to report its start."""
+        state = self.state
+        waiting = state.waiting
+        if state.is_async or len(waiting) == len(state.handed):
+            return
+        handed = state.handed
+        fresh: list[TaskRecord] = []
+        for task_id in reversed(waiting):
+            if task_id in handed:
+                break
+            fresh.append(waiting[task_id])
+        agent_id = state.spec.agent_id
+        assert state.pool is not None
+        submit = state.pool.submit
+        for record in reversed(fresh):
+            context = _context_of(record, record.attempt + 1, agent_id)
+            _SET_SLOT["_early"](context, True)
+            handed[record.task_id] = context
+            submit(context)
+
+    def _take_started(self, out: _Out) -> None:
+        """Make RUNNING the handed attempts that workers reported started."""
+        state = self.state
+        line = state.started
+        if not line:
+            return
+        now = self.wiring.clock.now()
+        hub = self.wiring.hub
+        publish = hub.active
+        agent_id = state.spec.agent_id
+        waiting = state.waiting
+        handed = state.handed
+        running_now = state.running
+        persist = out.persist
+        while line:
+            context, started = line.popleft()
+            task_id = context.task_id
+            if handed.get(task_id) is not context:
+                continue  # cancelled or given back before (or as) a worker took it
+            del handed[task_id]
+            running = waiting.pop(task_id).moved(TaskState.RUNNING, at=now, attempt=context.attempt)
+            run = _Run(running, started, context)
+            running_now[task_id] = run
+            persist.append(running)
+            if publish:
+                hub.publish("task.started", task_id, agent_id=agent_id, attempt=running.attempt)
+            self._watch_timeout(run)
+
+    def _watch_timeout(self, run: _Run) -> None:
+        """Give a started attempt its deadline (if its task has a timeout)."""
+        timeout_s = run.record.spec.timeout_s
+        if timeout_s is not None:
+            state = self.state
+            # Timer-service time (the clock may be a test's: latencies use it).
+            run.deadline = deadline = time.monotonic() + timeout_s
+            if state.timeout_due is None or deadline < state.timeout_due:
+                self._arm_timeout(deadline)
+
     def _start_waiting(self, out: _Out) -> None:
-        """Start waiting tasks, oldest first, while the agent has free slots."""
+        """Start waiting tasks, oldest first, while the agent has free slots (with a sync
+        handler, only while none is handed: a handed one runs first, as its worker takes
+        it, and a slot that frees is its)."""
         state = self.state
         waiting = state.waiting
         free = state.spec.max_concurrency - len(state.running)
-        if not waiting or free <= 0:
+        if not waiting or free <= 0 or state.handed:
             return
         clock = self.wiring.clock
         now = clock.now()
@@ -394,18 +482,7 @@ class AgentExecutor(Actor):
             record = waiting[task_id]  # off the line only once it runs (crash safety)
             free -= 1
             running = record.moved(TaskState.RUNNING, at=now, attempt=record.attempt + 1)
-            spec = running.spec
-            trace = spec.trace_context
-            context = TaskContext(
-                task_id,
-                spec.type,
-                spec.payload,  # thawed when the handler reads it
-                running.attempt,
-                agent_id,
-                spec.idempotency_key,
-                spec.deadline,
-                {} if trace is EMPTY_FROZEN_DICT else dict(trace),
-            )
+            context = _context_of(running, running.attempt, agent_id)
             run = _Run(running, mono, context)
             running_now[task_id] = run
             del waiting[task_id]
@@ -413,11 +490,7 @@ class AgentExecutor(Actor):
             if publish:
                 hub.publish("task.started", task_id, agent_id=agent_id, attempt=running.attempt)
             run.future = launch(context)
-            if spec.timeout_s is not None:
-                # Timer-service time (the clock may be a test's: latencies use it).
-                run.deadline = deadline = time.monotonic() + spec.timeout_s
-                if state.timeout_due is None or deadline < state.timeout_due:
-                    self._arm_timeout(deadline)
+            self._watch_timeout(run)
 
     def _launch(self, context: TaskContext) -> Future[Any] | None:
         state = self.state
@@ -437,11 +510,16 @@ class AgentExecutor(Actor):
         return future
 
     def _take_done(self, out: _Out) -> None:
-        """Record every ended attempt in the completion line (rung by a WorkDone)."""
+        """Record the handed attempts started and every attempt ended (both lines are rung
+        by a WorkDone)."""
         state = self.state
-        state.rung = False  # before taking: a completion appended after this rings again
+        state.rung = False  # before taking: what is appended after this rings again
         line = state.done
-        if not line:
+        # The ended attempts so far, then the starts: a worker reports a handed attempt's
+        # start before its end, so each of these is RUNNING here by the time it is read.
+        ended = [line.popleft() for _ in range(len(line))]
+        self._take_started(out)
+        if not ended:
             return
         running = state.running
         now = self.wiring.clock.now()
@@ -451,8 +529,7 @@ class AgentExecutor(Actor):
         persist = out.persist
         released = out.released
         outcomes = out.outcomes
-        while line:
-            context, ok, result, error, error_type, permanent, ended = line.popleft()
+        for context, ok, result, error, error_type, permanent, end in ended:
             task_id = context.task_id
             run = running.get(task_id)
             if run is None or run.record.attempt != context.attempt:
@@ -461,7 +538,7 @@ class AgentExecutor(Actor):
             del running[task_id]
             record = run.record
             task_type = record.spec.type
-            latency_ms = max(0.0, (ended - run.started) * 1000.0)
+            latency_ms = max(0.0, (end - run.started) * 1000.0)
             history = (*record.history, _attempt(record, agent_id, now, ok, error))
             if ok:
                 persist.append(
@@ -546,12 +623,14 @@ class AgentExecutor(Actor):
 
     def _cancel(self, task_id: uuid.UUID, out: _Out) -> bool:
         state = self.state
+        self._take_started(out)  # a handed task a worker took is running, not waiting
         run = state.running.pop(task_id, None)
         if run is not None:
             self._stop_attempt(run)
             record = run.record
         elif task_id in state.waiting:
             record = state.waiting.pop(task_id)  # ASSIGNED, never started
+            self._unhand(task_id)
         else:
             return False
         cancelled = record.moved(TaskState.CANCELLED, at=self.wiring.clock.now())
@@ -561,6 +640,12 @@ class AgentExecutor(Actor):
         if self.wiring.hub.active:
             self.wiring.hub.publish("task.cancelled", task_id, where="agent")
         return True
+
+    def _unhand(self, task_id: uuid.UUID) -> None:
+        """A handed task leaves the agent unstarted: its worker is to skip it."""
+        context = self.state.handed.pop(task_id, None)
+        if context is not None:
+            context._cancelled[0] = True
 
     def _stop_attempt(self, run: _Run) -> None:
         run.context._cancelled[0] = True
@@ -574,6 +659,12 @@ class AgentExecutor(Actor):
         ``waiting`` the tasks of the waiting line too (never started: no attempt counted)."""
         state = self.state
         now = self.wiring.clock.now()
+        self._take_started(out)
+        if waiting:
+            # Flag the handed ones first: a replacement thread started for an abandoned
+            # attempt below must not take one of them.
+            for task_id in list(state.handed):
+                self._unhand(task_id)
         for task_id, run in list(state.running.items()):
             del state.running[task_id]
             self._stop_attempt(run)
@@ -648,6 +739,22 @@ class AgentExecutor(Actor):
             self.wiring.peers.get("performance").tell(Outcomes.fast(items=outcomes))
 
 
+def _context_of(record: TaskRecord, attempt: int, agent_id: str) -> TaskContext:
+    """The handler's view of attempt ``attempt`` of ``record``'s task."""
+    spec = record.spec
+    trace = spec.trace_context
+    return TaskContext(
+        record.task_id,
+        spec.type,
+        spec.payload,  # thawed when the handler reads it
+        attempt,
+        agent_id,
+        spec.idempotency_key,
+        spec.deadline,
+        {} if trace is EMPTY_FROZEN_DICT else dict(trace),
+    )
+
+
 def _attempt(
     record: TaskRecord, agent_id: str, now: datetime, outcome: str | bool, error: str | None
 ) -> Attempt:
@@ -681,7 +788,9 @@ class _Workers:
         name: str,
         report: Callable[[_Done], None],
         monotonic: Callable[[], float],
+        report_start: Callable[[TaskContext, float], None],
     ) -> None:
+        self._report_start = report_start
         self._handler = handler
         self._report = report
         self._monotonic = monotonic
@@ -723,9 +832,12 @@ class _Workers:
         report = self._report
         get = self._jobs.get
         monotonic = self._monotonic
+        report_start = self._report_start
         while (context := get()) is not None:
             if context._cancelled[0]:
-                continue  # cancelled or timed out before it started
+                continue  # cancelled, timed out or given back before it started
+            if context._early:
+                report_start(context, monotonic())
             try:
                 value = handler(context)
             except BaseException as exc:  # noqa: BLE001 - the failure is reported, not lost

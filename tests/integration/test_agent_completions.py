@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
-from actors.agent import AgentState, TaskContext
-from messages import AgentSpec, new_task_id
+from actors.agent import AgentExecutor, AgentState, TaskContext, _Out
+from actors.pipeline import Admission, EventHub, Peers, ResultWaiters, SystemClock, Wiring
+from messages import AgentSpec, TaskRecord, TaskState, new_task_id
 from messages.pipeline import WorkDone
 from supervisor import ActorSystem, ChildSpec
 from tests.conftest import WAIT_S, wait_for
+from tests.integration.test_journal_contract import make_record
 from tests.integration.test_supervision import _BLOCKERS, Block, recorder
 
 
@@ -67,3 +69,63 @@ def test_the_task_context_is_read_only() -> None:
     with pytest.raises(AttributeError, match="read-only"):
         del context.attempt
     assert "attempt=2" in repr(context)
+
+
+def _executor(system: ActorSystem) -> AgentExecutor:
+    """An executor instance (not started: only its bookkeeping is exercised)."""
+    wiring = Wiring(
+        peers=Peers(),
+        clock=SystemClock(),
+        hub=EventHub(),
+        timers=system.runtime.timers,
+        waiters=ResultWaiters(),
+        admission=Admission(100, None),
+    )
+    state = AgentState(
+        spec=AgentSpec(agent_id="a1", capabilities={"work"}, max_concurrency=1),
+        handler=lambda task: None,
+    )
+    return AgentExecutor(state, wiring)
+
+
+def _handed(executor: AgentExecutor) -> tuple[TaskRecord, TaskContext]:
+    """A waiting task handed to the workers, as ``_hand_waiting`` leaves it."""
+    record = make_record(state=TaskState.ASSIGNED, agent_id="a1")
+    record = record.evolve(spec=record.spec.evolve(timeout_s=None))
+    context = TaskContext(record.task_id, "work", {}, record.attempt + 1, "a1")
+    executor.state.waiting[record.task_id] = record
+    executor.state.handed[record.task_id] = context
+    return record, context
+
+
+def test_a_started_handed_attempt_becomes_running_with_the_workers_start_time(
+    make_system: Any,
+) -> None:
+    executor = _executor(make_system())
+    record, context = _handed(executor)
+    state = executor.state
+    state.started.append((context, 7.0))
+    state.done.append((context, True, None, None, None, False, 7.25))
+    out = _Out()
+    executor._take_done(out)
+    assert not state.waiting and not state.handed and not state.running
+    assert [r.state for r in out.persist] == [TaskState.RUNNING, TaskState.COMPLETED]
+    assert out.persist[0].attempt == 1 and out.persist[1].attempt == 1
+    assert out.released == [(record.task_id, "work", True, 250.0)]  # 7.25 - 7.0 s
+
+
+def test_a_start_reported_after_the_task_left_the_agent_is_ignored(make_system: Any) -> None:
+    """The race a flag cannot close: a worker checked the cancelled flag, then the task was
+    cancelled (or given back), then the worker reported its start."""
+    executor = _executor(make_system())
+    record, context = _handed(executor)
+    state = executor.state
+    executor._unhand(record.task_id)  # what a cancel does to a handed task
+    del state.waiting[record.task_id]
+    assert context.is_cancelled()
+    state.started.append((context, 1.0))
+    state.done.append((context, True, None, None, None, False, 2.0))
+    out = _Out()
+    executor._take_done(out)
+    assert not state.running and out.persist == [] and out.released == []
+    assert state.zombies == 1  # its result is discarded

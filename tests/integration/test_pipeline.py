@@ -723,6 +723,64 @@ def test_prefetch_takes_tasks_ahead_of_free_slots(make_runner: Callable[..., Tas
     assert gate.started == ["blocker", "early", "late"]
 
 
+def test_prefetched_tasks_never_run_more_than_max_concurrency_at_once(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    """With a prefetch a sync agent's workers take held tasks straight from their job
+    queue; the number of threads still caps what runs at once, and every task starts
+    (``task.started``, RUNNING) before it completes, with one attempt."""
+    runner = make_runner(prefetch=3.0)
+    lock = threading.Lock()
+    active = [0, 0]  # now, most at once
+    events: list[tuple[str, Any]] = []
+
+    def on_event(event: LifecycleEvent) -> None:
+        if event.name in ("task.started", "task.completed"):
+            events.append((event.name, event.task_id))
+
+    def busy(task: TaskContext) -> int:
+        with lock:
+            active[0] += 1
+            active[1] = max(active[1], active[0])
+        threading.Event().wait(0.001)  # overlap with the other slot's attempt
+        with lock:
+            active[0] -= 1
+        return int(task.payload)
+
+    runner.subscribe(on_event)
+    runner.register_agent(agent(concurrency=2), busy)
+    handles = [runner.submit(type="code", payload=i) for i in range(200)]
+    assert [h.result(WAIT_S) for h in handles] == list(range(200))
+    assert active[1] == 2  # both slots were used, never more
+    assert all([a.outcome for a in h.record().history] == ["completed"] for h in handles)
+    wait_for(lambda: len(events) == 400)
+    first: dict[Any, str] = {}
+    for name, task_id in events:
+        first.setdefault(task_id, name)
+    assert set(first.values()) == {"task.started"}
+
+
+def test_a_prefetched_task_is_running_only_once_a_worker_takes_it_and_times_out_from_then(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    gate = Gate()
+    runner = make_runner(prefetch=1.0)
+    runner.register_agent(agent(concurrency=1), gate)
+    blocker = runner.submit(type="code", payload="blocker")
+    assert gate.first_started.wait(WAIT_S)
+    held = runner.submit(type="code", payload="held", timeout_s=0.3)
+    wait_for(lambda: runner.status()["agents"][0]["waiting"] == 1)
+    # Held past its own timeout while it waits for the slot: that does not count.
+    threading.Event().wait(0.5)
+    assert held.state() is not TaskState.RUNNING
+    assert runner.status()["agents"][0]["running"] == 1
+    gate.open.set()
+    assert blocker.result(WAIT_S) == "blocker"
+    assert held.result(WAIT_S) == "held"
+    assert [a.outcome for a in held.record().history] == ["completed"]
+    assert gate.started == ["blocker", "held"]
+
+
 def test_start_freezes_what_is_alive_for_the_garbage_collector_unless_told_not_to() -> None:
     """``gc_freeze`` (default on): the objects alive at start leave the collector's
     generations, so its full collections (the latency tail) scan only newer ones."""
