@@ -30,7 +30,7 @@ from typing import Any, Final
 from actors.base import Actor
 from actors.cell import Pending
 from actors.journal.store import TaskStore
-from actors.pipeline import Clock, EventHub, Peers, ResultWaiters
+from actors.pipeline import Clock, EventHub, Peers, ResultWaiters, last_of_each
 from messages.errors import InvalidTransition, StoreUnavailable
 from messages.pipeline import (
     Append,
@@ -150,7 +150,7 @@ class JournalActor(Actor):
         inserts = [record for append, _ in appends for record in append.records]
         updates = [record for persist in persists for record in persist.records]
         if len(persists) > 1:
-            updates = _last_of_each(updates)
+            updates = list(last_of_each(updates))
         store = self.state.store
         refused: StoreUnavailable | None = None
         try:
@@ -392,16 +392,6 @@ class JournalActor(Actor):
             for record in requeued:
                 self.hub.publish("task.queued", record.task_id, reason="dead_letter_requeued")
         return tuple(requeued)
-
-
-def _last_of_each(updates: list[TaskRecord]) -> list[TaskRecord]:
-    """The last update of each task: what a store holds after applying them all (a later
-    one replaces an earlier one), with each task written once. A batch taken under load
-    often holds a task's RUNNING and its COMPLETED. Order between different tasks does
-    not matter here: the pipeline's updates never change a spec (so never an idempotency
-    key, the one thing two tasks' updates could contend for)."""
-    last = {record.task_id: record for record in updates}
-    return updates if len(last) == len(updates) else list(last.values())
 
 
 def new_records(stored: Sequence[TaskRecord], submitted: Sequence[TaskRecord]) -> list[TaskRecord]:

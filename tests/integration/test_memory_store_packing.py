@@ -145,16 +145,52 @@ def test_the_journal_writes_each_task_once_and_stores_the_same(
 ) -> None:
     """The journal keeps only each task's last update of a batch (a RUNNING and its
     COMPLETED taken together): the store ends as if it had applied all of them."""
-    from actors.journal.actor import _last_of_each
+    from actors.pipeline import last_of_each
 
     every, once = MemoryStore().open(), MemoryStore().open()
     records = [make_record(key=f"k{i}") for i in range(5)]
     every.insert(records)
     once.insert(records)
     updates = [moved(records[i], state, attempt=n) for n, (i, state) in enumerate(moves)]
-    kept = _last_of_each(updates)
+    kept = last_of_each(updates)
     assert len(kept) == len({r.task_id for r in updates})
     every.apply((), updates)
     once.apply((), kept)
     assert once.list_tasks() == every.list_tasks()
     assert once.counts() == every.counts()
+
+
+def test_a_direct_writer_writes_a_task_once_per_batch_and_wakes_its_waiter() -> None:
+    """``Wiring.persist`` on ``memory://``: an agent's batch holding a task's RUNNING and
+    COMPLETED writes only the COMPLETED (the store ends the same), and whoever waits for
+    the task gets it."""
+    from actors.pipeline import Admission, EventHub, Peers, ResultWaiters, SystemClock, Wiring
+    from actors.timers import TimerService
+
+    store = MemoryStore().open()
+    other, task = make_record(), make_record()
+    store.insert([task, other])
+    waiters = ResultWaiters()
+    woken: list[TaskRecord] = []
+    waiters.add(task.task_id, woken.append)
+    timers = TimerService()
+    wiring = Wiring(
+        peers=Peers(),
+        clock=SystemClock(),
+        hub=EventHub(),
+        timers=timers,
+        waiters=waiters,
+        admission=Admission(100, None),
+        direct_store=store,
+    )
+    before = store.statistics()["records_updated"]
+    running = moved(task, TaskState.RUNNING, attempt=1)
+    done = moved(running, TaskState.COMPLETED)
+    try:
+        wiring.persist((running, moved(other, TaskState.RUNNING, attempt=1), done))
+    finally:
+        timers.stop()
+    assert store.statistics()["records_updated"] - before == 2  # not 3
+    assert store.get(task.task_id).state is TaskState.COMPLETED
+    assert store.get(other.task_id).state is TaskState.RUNNING
+    assert [r.state for r in woken] == [TaskState.COMPLETED]
