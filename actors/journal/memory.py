@@ -4,9 +4,11 @@ It is a real backend, not a test double: same semantics as the sqlite store (seq
 idempotent inserts, all-or-nothing batches), minus durability. Data lives in the object,
 so closing and re-opening the same ``MemoryStore`` keeps it; it is lost with the process.
 
-Finished tasks (COMPLETED, CANCELLED, DEAD_LETTERED) are kept as their record's JSON in a
-tuple of plain values, keyed by the task id's integer: objects the cyclic garbage
-collector does not track. A store holding a million finished tasks then costs the
+Finished tasks (COMPLETED, CANCELLED, DEAD_LETTERED) are kept packed, keyed by the task
+id's integer: their record's fields as one flat tuple of plain values (numbers, strings,
+datetimes; a JSON payload or result as its encoded bytes), which the cyclic garbage
+collector does not track. Packing a record so costs about a fifth of encoding it to JSON
+with pydantic, which the store did before. A store holding a million finished tasks then costs the
 collector's full passes nothing for them; kept as objects (a record, its spec, payload,
 history and id: eight tracked objects a task) each full pass scanned them all, which on
 the benchmark VM was a 58 ms pause with 10,000 finished tasks and 0.3 s with 100,000. A
@@ -16,12 +18,14 @@ path never does (a task's handle gets the record from the journal).
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Sequence
-from typing import Self, TypeAlias
+from itertools import chain
+from operator import itemgetter
+from typing import Any, Final, Self, TypeAlias
 
-from actors.journal._codec import decode_record
 from actors.journal.store import (
     DEFAULT_LIST_LIMIT,
     SCHEMA_VERSION,
@@ -33,26 +37,93 @@ from actors.journal.store import (
     parse_task_id,
 )
 from messages import InvalidMessage, StoreError, TaskRecord, TaskState, UnknownTask
-from messages.task import TERMINAL_STATES
+from messages.base import EMPTY_FROZEN_DICT, _encode_json, freeze_json, thaw_json
+from messages.task import TERMINAL_STATES, Attempt, TaskSpec
 
 __all__ = ["MemoryStore"]
 
 _ABSENT = object()
 
-_Packed: TypeAlias = tuple[int, str, bytes]
-"""A finished task as the store keeps it: (sequence, state value, the record's JSON)."""
+_Packed: TypeAlias = tuple[Any, ...]
+"""A finished task as the store keeps it: its sequence, its state's value, then the rest
+of its fields, all in one flat tuple (nested tuples would leave the collector tracking
+the outer one until its second pass)."""
 _Entry: TypeAlias = TaskRecord | _Packed
-_to_json = TaskRecord.__pydantic_serializer__.to_json
+
+# The fields packed as they are (every one of them a number, string, datetime or None),
+# and the others, converted: the id (its integer), the state (its value), the spec (its
+# fields, inline), JSON values (encoded) and the history (each attempt's fields, inline).
+_RECORD_SPECIAL: Final = ("task_id", "spec", "state", "result", "history")
+_SPEC_SPECIAL: Final = ("payload", "required_capabilities", "trace_context")
+_RECORD_PLAIN: Final = tuple(f for f in TaskRecord.model_fields if f not in _RECORD_SPECIAL)
+_SPEC_PLAIN: Final = tuple(f for f in TaskSpec.model_fields if f not in _SPEC_SPECIAL)
+_ATTEMPT_FIELDS: Final = tuple(Attempt.model_fields)
+_record_plain: Final = itemgetter(*_RECORD_PLAIN)
+_spec_plain: Final = itemgetter(*_SPEC_PLAIN)
+_attempt_fields: Final = itemgetter(*_ATTEMPT_FIELDS)
+_HEAD: Final = 7
+"""sequence, state, task id, payload, trace context, result, number of capabilities"""
+_JSON_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_EMPTY_JSON: Final = b"{}"
+
+
+def _pack_json(value: Any) -> Any:
+    """A frozen JSON value as an untracked one: a scalar as it is, else its JSON bytes."""
+    if value is EMPTY_FROZEN_DICT:
+        return _EMPTY_JSON
+    if type(value) in _JSON_SCALARS:
+        return value
+    return _encode_json(thaw_json(value)).encode()
+
+
+def _unpack_json(value: Any) -> Any:
+    if type(value) is bytes:
+        return EMPTY_FROZEN_DICT if value == _EMPTY_JSON else freeze_json(json.loads(value))
+    return value
 
 
 def _pack(record: TaskRecord) -> _Packed:
-    return (record.sequence, record.state.value, _to_json(record))
+    fields = record.__dict__
+    spec = fields["spec"].__dict__
+    capabilities = spec["required_capabilities"]
+    return (
+        fields["sequence"],
+        fields["state"].value,
+        fields["task_id"].int,
+        _pack_json(spec["payload"]),
+        _pack_json(spec["trace_context"]),
+        _pack_json(fields["result"]),
+        len(capabilities),
+        *sorted(capabilities),
+        *_record_plain(fields),
+        *_spec_plain(spec),
+        *chain.from_iterable(_attempt_fields(a.__dict__) for a in fields["history"]),
+    )
 
 
 def _unpack(entry: _Entry) -> TaskRecord:
     if isinstance(entry, TaskRecord):
         return entry
-    return decode_record(entry[2], "memory://")
+    flat = entry
+    _, state, task_int, payload, trace, result, n_capabilities = flat[:_HEAD]
+    at = _HEAD + n_capabilities
+    record = dict(zip(_RECORD_PLAIN, flat[at : at + len(_RECORD_PLAIN)], strict=True))
+    at += len(_RECORD_PLAIN)
+    spec = dict(zip(_SPEC_PLAIN, flat[at : at + len(_SPEC_PLAIN)], strict=True))
+    at += len(_SPEC_PLAIN)
+    spec["payload"] = _unpack_json(payload)
+    spec["trace_context"] = _unpack_json(trace)
+    spec["required_capabilities"] = frozenset(flat[_HEAD : _HEAD + n_capabilities])
+    size = len(_ATTEMPT_FIELDS)
+    record["history"] = tuple(
+        Attempt.fast(**dict(zip(_ATTEMPT_FIELDS, flat[i : i + size], strict=True)))
+        for i in range(at, len(flat), size)
+    )
+    record["task_id"] = uuid.UUID(int=task_int)
+    record["spec"] = TaskSpec.fast(**spec)
+    record["state"] = TaskState(state)
+    record["result"] = _unpack_json(result)
+    return TaskRecord.fast(**record)
 
 
 class MemoryStore(TaskStore):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import uuid
+from datetime import timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -17,8 +19,8 @@ from hypothesis import strategies as st
 
 from actors.journal import MemoryStore
 from messages import TaskRecord, TaskState, UnknownTask
-from messages.task import TERMINAL_STATES
-from tests.integration.test_journal_contract import make_record, moved
+from messages.task import TERMINAL_STATES, Attempt, TaskSpec
+from tests.integration.test_journal_contract import T0, make_record, moved
 
 FINISHED = sorted(TERMINAL_STATES, key=lambda s: s.value)
 LIVE = [s for s in TaskState if s not in TERMINAL_STATES]
@@ -194,3 +196,76 @@ def test_a_direct_writer_writes_a_task_once_per_batch_and_wakes_its_waiter() -> 
     assert store.get(task.task_id).state is TaskState.COMPLETED
     assert store.get(other.task_id).state is TaskState.RUNNING
     assert [r.state for r in woken] == [TaskState.COMPLETED]
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(payload=_JSON, result=_JSON, attempts=st.integers(0, 3), keyed=st.booleans())
+def test_a_packed_record_with_every_field_set_reads_back_equal_and_untracked(
+    payload: Any, result: Any, attempts: int, keyed: bool
+) -> None:
+    """Every field of record, spec and attempts survives packing (none is dropped or
+    mixed up with its neighbour), whatever the JSON values, and the packed entry is one
+    tuple the collector stops tracking at its first pass."""
+    later = T0 + timedelta(seconds=3)
+    spec = TaskSpec(
+        type="review",
+        payload=payload,
+        priority=7,
+        required_capabilities={"python", "rust"},
+        timeout_s=12.5,
+        max_attempts=4,
+        idempotency_key="key-1" if keyed else None,
+        deadline=later + timedelta(hours=1),
+        trace_context={"traceparent": "00-abc-def-01"},
+        backoff_base_s=0.5,
+        backoff_cap_s=9.0,
+    )
+    history = tuple(
+        Attempt(
+            number=n + 1,
+            agent_id=f"agent-{n}",
+            started_at=T0 + timedelta(seconds=n),
+            ended_at=later,
+            outcome="failed",
+            error=f"boom {n}",
+        )
+        for n in range(attempts)
+    )
+    record = TaskRecord(
+        task_id=uuid.uuid4(),
+        spec=spec,
+        state=TaskState.DEAD_LETTERED,
+        attempt=attempts,
+        max_attempts=4,
+        sequence=0,
+        created_at=T0,
+        updated_at=later,
+        next_attempt_at=later + timedelta(seconds=1),
+        last_error="boom",
+        result=result,
+        history=history,
+        owner="runner-a",
+        lease_expires_at=later + timedelta(seconds=30),
+        agent_id="agent-0",
+    )
+    store = MemoryStore().open()
+    (stored,) = store.insert([moved(record, TaskState.QUEUED)])
+    finished = moved(stored, TaskState.DEAD_LETTERED)
+    store.update([finished])
+    assert store.get(record.task_id) == finished
+    assert store.dead_letters() == [finished]
+    gc.collect()
+    assert not any(gc.is_tracked(entry) for entry in store._tasks.values())
