@@ -267,7 +267,7 @@ def last_of_each(updates: Sequence[TaskRecord]) -> Sequence[TaskRecord]:
     often holds a task's RUNNING and its COMPLETED. Order between different tasks does
     not matter here: the pipeline's updates never change a spec (so never an idempotency
     key, the one thing two tasks' updates could contend for)."""
-    last = {record.task_id: record for record in updates}
+    last = {record.task_id.int: record for record in updates}
     return updates if len(last) == len(updates) else tuple(last.values())
 
 
