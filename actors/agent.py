@@ -7,6 +7,11 @@ blocks: each ended attempt goes into the executor's completion line, rung with o
 the executor records the outcome, releases the slot at the router and hands failures to
 the retry scheduler, all in batches.
 
+With a prefetch, the tasks a sync agent holds beyond its free slots are handed to its
+threads' job queue at once (``AgentState.handed``): a thread that ends an attempt takes
+the next without waiting for the executor, and reports the start in a start line rung
+like the completion line; the executor makes the task RUNNING when it takes the line.
+
 Crash safety: the :class:`AgentState` box outlives a crashed incarnation. The new
 incarnation sends every attempt that was running back to the queue with its attempt
 counted (``requeue_now``); a late result of such an attempt is discarded as a zombie.

@@ -180,7 +180,8 @@ class RunnerConfig(BaseModel):
     submitted after it, and a buffered task waits for its agent even if another is idle
     (Celery's prefetch trade-off). Buffered tasks are ASSIGNED, not RUNNING, and count no
     attempt: an agent crash keeps them in its line, a deregistration gives them back to
-    the queue."""
+    the queue. A sync agent's buffer is its threads' job queue: a thread that ends an
+    attempt starts the next buffered one at once (RUNNING from then, timed out from then)."""
     seed: int | None = None
     lease_s: float = Field(default=30.0, gt=0, le=86_400)
     """Shared store: how long a claimed task stays this runner's without a renewal
