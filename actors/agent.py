@@ -323,6 +323,8 @@ class AgentExecutor(Actor):
             self._abandon_all("agent crashed", "AgentCrashed", out, waiting=False)
             self._start_waiting(out)
             self._flush(out)
+        # Tasks a failed batch took into the line but did not hand yet go to the workers.
+        self._hand_waiting()
 
     def pre_restart(self, reason: BaseException | None) -> None:
         """Keep workers and running attempts for the next incarnation (see on_start)."""
