@@ -13,6 +13,7 @@ import random
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -39,16 +40,16 @@ class DemoAgents:
         self.fail_rate = fail_rate
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self.executions: Counter[str] = Counter()
+        self.executions: Counter[uuid.UUID] = Counter()
 
     def handle(self, task: TaskContext) -> dict[str, Any]:
         """The no-op handler of every demo agent."""
-        with self._lock:
-            fail = self._rng.random() < self.fail_rate
+        with self._lock:  # one acquisition: the draw and the count
+            fail = self.fail_rate > 0.0 and self._rng.random() < self.fail_rate
+            if not fail:
+                self.executions[task.task_id] += 1
         if fail:
             raise RuntimeError(f"demo failure of {task.type} (attempt {task.attempt})")
-        with self._lock:
-            self.executions[str(task.task_id)] += 1
         return {"ok": True, "attempt": task.attempt}
 
     def duplicates(self) -> int:
