@@ -21,6 +21,7 @@ from actors.journal import MemoryStore
 from messages import TaskRecord, TaskState, UnknownTask
 from messages.task import TERMINAL_STATES, Attempt, TaskSpec
 from tests.integration.test_journal_contract import T0, make_record, moved
+from tests.unit.test_messages import json_values
 
 FINISHED = sorted(TERMINAL_STATES, key=lambda s: s.value)
 LIVE = [s for s in TaskState if s not in TERMINAL_STATES]
@@ -198,21 +199,8 @@ def test_a_direct_writer_writes_a_task_once_per_batch_and_wakes_its_waiter() -> 
     assert [r.state for r in woken] == [TaskState.COMPLETED]
 
 
-_JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=5),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
-
-
 @settings(max_examples=80, deadline=None)
-@given(payload=_JSON, result=_JSON, attempts=st.integers(0, 3), keyed=st.booleans())
+@given(payload=json_values, result=json_values, attempts=st.integers(0, 3), keyed=st.booleans())
 def test_a_packed_record_with_every_field_set_reads_back_equal_and_untracked(
     payload: Any, result: Any, attempts: int, keyed: bool
 ) -> None:
