@@ -21,6 +21,7 @@ __all__ = [
     "Message",
     "freeze_json",
     "json_size",
+    "json_text",
     "thaw_json",
 ]
 
@@ -151,14 +152,20 @@ _encode_json = _make_encoder()
 _FLAT = frozenset({str, int, float, bool, type(None)})
 
 
+def json_text(value: Any) -> str:
+    """The compact JSON text of a frozen (or plain) JSON value."""
+    if value is EMPTY_FROZEN_DICT:  # the commonest payload: ``{}``
+        return "{}"
+    if type(value) is FrozenDict and all(type(item) in _FLAT for item in value._data.values()):
+        return _encode_json(value._data)  # flat: nothing to thaw (its keys are strings)
+    return _encode_json(thaw_json(value))  # json encodes tuples as lists
+
+
 def json_size(value: Any) -> int:
     """Bytes of the compact UTF-8 JSON encoding of ``value``."""
-    if value is EMPTY_FROZEN_DICT:  # the commonest payload: ``{}``
+    if value is EMPTY_FROZEN_DICT:
         return 2
-    if type(value) is FrozenDict and all(type(item) in _FLAT for item in value._data.values()):
-        text = _encode_json(value._data)  # flat: nothing to thaw (its keys are strings)
-    else:
-        text = _encode_json(thaw_json(value))  # json encodes tuples as lists
+    text = json_text(value)
     return len(text) if text.isascii() else len(text.encode())
 
 

@@ -7,8 +7,8 @@ so closing and re-opening the same ``MemoryStore`` keeps it; it is lost with the
 Finished tasks (COMPLETED, CANCELLED, DEAD_LETTERED) are kept packed, keyed by the task
 id's integer: their record's fields as one flat tuple of plain values (numbers, strings,
 datetimes; a JSON payload or result as its encoded bytes), which the cyclic garbage
-collector does not track. Packing a record so costs about a fifth of encoding it to JSON
-with pydantic, which the store did before. A store holding a million finished tasks then costs the
+collector does not track; packing costs about a fifth of pydantic's JSON encoding, which
+the store used before. A store holding a million finished tasks then costs the
 collector's full passes nothing for them; kept as objects (a record, its spec, payload,
 history and id: eight tracked objects a task) each full pass scanned them all, which on
 the benchmark VM was a 58 ms pause with 10,000 finished tasks and 0.3 s with 100,000. A
@@ -37,7 +37,7 @@ from actors.journal.store import (
     parse_task_id,
 )
 from messages import InvalidMessage, StoreError, TaskRecord, TaskState, UnknownTask
-from messages.base import EMPTY_FROZEN_DICT, _encode_json, freeze_json, thaw_json
+from messages.base import EMPTY_FROZEN_DICT, freeze_json, json_text
 from messages.task import TERMINAL_STATES, Attempt, TaskSpec
 
 __all__ = ["MemoryStore"]
@@ -73,7 +73,7 @@ def _pack_json(value: Any) -> Any:
         return _EMPTY_JSON
     if type(value) in _JSON_SCALARS:
         return value
-    return _encode_json(thaw_json(value)).encode()
+    return json_text(value).encode()
 
 
 def _unpack_json(value: Any) -> Any:
@@ -104,20 +104,19 @@ def _pack(record: TaskRecord) -> _Packed:
 def _unpack(entry: _Entry) -> TaskRecord:
     if isinstance(entry, TaskRecord):
         return entry
-    flat = entry
-    _, state, task_int, payload, trace, result, n_capabilities = flat[:_HEAD]
+    _, state, task_int, payload, trace, result, n_capabilities = entry[:_HEAD]
     at = _HEAD + n_capabilities
-    record = dict(zip(_RECORD_PLAIN, flat[at : at + len(_RECORD_PLAIN)], strict=True))
+    record = dict(zip(_RECORD_PLAIN, entry[at : at + len(_RECORD_PLAIN)], strict=True))
     at += len(_RECORD_PLAIN)
-    spec = dict(zip(_SPEC_PLAIN, flat[at : at + len(_SPEC_PLAIN)], strict=True))
+    spec = dict(zip(_SPEC_PLAIN, entry[at : at + len(_SPEC_PLAIN)], strict=True))
     at += len(_SPEC_PLAIN)
     spec["payload"] = _unpack_json(payload)
     spec["trace_context"] = _unpack_json(trace)
-    spec["required_capabilities"] = frozenset(flat[_HEAD : _HEAD + n_capabilities])
+    spec["required_capabilities"] = frozenset(entry[_HEAD : _HEAD + n_capabilities])
     size = len(_ATTEMPT_FIELDS)
     record["history"] = tuple(
-        Attempt.fast(**dict(zip(_ATTEMPT_FIELDS, flat[i : i + size], strict=True)))
-        for i in range(at, len(flat), size)
+        Attempt.fast(**dict(zip(_ATTEMPT_FIELDS, entry[i : i + size], strict=True)))
+        for i in range(at, len(entry), size)
     )
     record["task_id"] = uuid.UUID(int=task_int)
     record["spec"] = TaskSpec.fast(**spec)
