@@ -426,12 +426,18 @@ class AgentExecutor(Actor):
             handed[record.task_id] = context
             submit(context)
 
-    def _take_started(self, out: _Out) -> None:
-        """Make RUNNING the handed attempts that workers reported started."""
+    def _take_started(
+        self, out: _Out, ending: set[int] | None = None
+    ) -> dict[int, tuple[TaskRecord, float]]:
+        """Make RUNNING the handed attempts that workers reported started. An attempt whose
+        context is in ``ending`` (the ids of contexts whose end the caller holds) ended
+        already: it is not made RUNNING but returned, ``id(context) -> (ASSIGNED record,
+        monotonic start)``, for the caller to record its outcome in one version."""
         state = self.state
         line = state.started
+        ended: dict[int, tuple[TaskRecord, float]] = {}
         if not line:
-            return
+            return ended
         now = self.wiring.clock.now()
         hub = self.wiring.hub
         publish = hub.active
@@ -446,13 +452,17 @@ class AgentExecutor(Actor):
             if handed.get(task_id) is not context:
                 continue  # cancelled or given back before (or as) a worker took it
             del handed[task_id]
+            if publish:
+                hub.publish("task.started", task_id, agent_id=agent_id, attempt=context.attempt)
+            if ending is not None and id(context) in ending:
+                ended[id(context)] = (waiting.pop(task_id), started)
+                continue
             running = waiting.pop(task_id).moved(TaskState.RUNNING, at=now, attempt=context.attempt)
             run = _Run(running, started, context)
             running_now[task_id] = run
             persist.append(running)
-            if publish:
-                hub.publish("task.started", task_id, agent_id=agent_id, attempt=running.attempt)
             self._watch_timeout(run)
+        return ended
 
     def _watch_timeout(self, run: _Run) -> None:
         """Give a started attempt its deadline (if its task has a timeout)."""
@@ -523,9 +533,11 @@ class AgentExecutor(Actor):
         state.rung = False  # before taking: what is appended after this rings again
         line = state.done
         # The ended attempts so far, then the starts: a worker reports a handed attempt's
-        # start before its end, so each of these is RUNNING here by the time it is read.
+        # start before its end, so each of these has its start recorded by the time it is
+        # read. One that started and ended meanwhile goes from ASSIGNED to its outcome in
+        # one version (its RUNNING one would be replaced in the same write anyway).
         ended = [line.popleft() for _ in range(len(line))]
-        self._take_started(out)
+        early = self._take_started(out, {id(done[0]) for done in ended} if ended else None)
         if not ended:
             return
         running = state.running
@@ -538,41 +550,47 @@ class AgentExecutor(Actor):
         outcomes = out.outcomes
         for context, ok, result, error, error_type, permanent, end in ended:
             task_id = context.task_id
-            run = running.get(task_id)
-            if run is None or run.record.attempt != context.attempt:
-                state.zombies += 1  # timed out, cancelled or requeued while it ran
-                continue
-            del running[task_id]
-            record = run.record
+            attempt = context.attempt
+            if early and (assigned := early.pop(id(context), None)) is not None:
+                record, started = assigned  # ASSIGNED: RUNNING and the outcome in one step
+                started_at = now
+                via: TaskState | None = TaskState.RUNNING
+            else:
+                run = running.get(task_id)
+                if run is None or run.record.attempt != attempt:
+                    state.zombies += 1  # timed out, cancelled or requeued while it ran
+                    continue
+                del running[task_id]
+                record, started, via = run.record, run.started, None
+                started_at = record.updated_at
             task_type = record.spec.type
-            latency_ms = max(0.0, (end - run.started) * 1000.0)
-            history = (*record.history, _attempt(record, agent_id, now, ok, error))
+            latency_ms = max(0.0, (end - started) * 1000.0)
+            history = (*record.history, _attempt(attempt, started_at, agent_id, now, ok, error))
             if ok:
-                persist.append(
-                    record.moved(
-                        TaskState.COMPLETED,
-                        at=now,
-                        result=result,
-                        last_error=None,
-                        history=history,
-                    )
+                changes: dict[str, Any] = {"result": result, "last_error": None}
+                target = TaskState.COMPLETED
+            else:
+                changes = {"last_error": error}
+                target = TaskState.FAILED
+            if via is None:
+                outcome = record.moved(target, at=now, history=history, **changes)
+            else:
+                outcome = record.moved_via(
+                    via, target, at=now, attempt=attempt, history=history, **changes
                 )
+            if ok:
+                persist.append(outcome)
                 state.completed += 1
                 end_to_end: float | None = (now - record.created_at).total_seconds() * 1000.0
                 if publish:
                     hub.publish("task.completed", task_id, agent_id=agent_id, latency_ms=latency_ms)
             else:
-                failed = record.moved(TaskState.FAILED, at=now, last_error=error, history=history)
-                out.retry.append((failed, permanent, error_type or "Exception"))
+                out.retry.append((outcome, permanent, error_type or "Exception"))
                 state.failed += 1
                 end_to_end = None
                 if publish:
                     hub.publish(
-                        "task.failed",
-                        task_id,
-                        agent_id=agent_id,
-                        attempt=record.attempt,
-                        error=error,
+                        "task.failed", task_id, agent_id=agent_id, attempt=attempt, error=error
                     )
             released.append((task_id, task_type, ok, latency_ms))
             outcomes.append((agent_id, task_type, ok, latency_ms, end_to_end))
@@ -617,7 +635,9 @@ class AgentExecutor(Actor):
         record = run.record
         timeout_s = record.spec.timeout_s
         error = f"TaskTimeout: attempt {record.attempt} ran longer than {timeout_s}s"
-        attempt = _attempt(record, state.spec.agent_id, now, "timed_out", error)
+        attempt = _attempt(
+            record.attempt, record.updated_at, state.spec.agent_id, now, "timed_out", error
+        )
         timed_out = record.moved(
             TaskState.TIMED_OUT, at=now, last_error=error, history=(*record.history, attempt)
         )
@@ -677,7 +697,9 @@ class AgentExecutor(Actor):
             self._stop_attempt(run)
             record = run.record
             error = f"{error_type}: {why} during attempt {record.attempt}"
-            attempt = _attempt(record, state.spec.agent_id, now, "abandoned", error)
+            attempt = _attempt(
+                record.attempt, record.updated_at, state.spec.agent_id, now, "abandoned", error
+            )
             failed = record.moved(
                 TaskState.FAILED, at=now, last_error=error, history=(*record.history, attempt)
             )
@@ -763,18 +785,23 @@ def _context_of(record: TaskRecord, attempt: int, agent_id: str) -> TaskContext:
 
 
 def _attempt(
-    record: TaskRecord, agent_id: str, now: datetime, outcome: str | bool, error: str | None
+    number: int,
+    started_at: datetime,
+    agent_id: str,
+    now: datetime,
+    outcome: str | bool,
+    error: str | None,
 ) -> Attempt:
-    """The history entry of the attempt ``record`` (RUNNING since its ``updated_at``);
+    """The history entry of attempt ``number`` (started at ``started_at``, ended ``now``);
     ``outcome`` True / False stands for "completed" / "failed"."""
     if outcome is True:
         outcome = "completed"
     elif outcome is False:
         outcome = "failed"
     return Attempt.fast(
-        number=record.attempt,
+        number=number,
         agent_id=agent_id,
-        started_at=record.updated_at,
+        started_at=started_at,
         ended_at=now,
         outcome=outcome,
         error=error,

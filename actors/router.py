@@ -9,7 +9,6 @@ while every capable agent is busy wait in a backlog, routed first as slots free 
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 from actors.base import Actor
 from actors.cell import ActorRef
+from actors.core.prefetch import PrefetchPolicy, smoothed
 from actors.core.router import RouterCore, is_eligible, routing_key
 from actors.pipeline import HeldReports, TickTimer, Wiring, take_in_mailbox
 from messages.pipeline import (
@@ -48,6 +48,8 @@ class RouterState:
     views: dict[str, AgentView] = field(default_factory=dict)
     refs: dict[str, ActorRef] = field(default_factory=dict)
     inflight: dict[str, set[uuid.UUID]] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    """Per agent: the smoothed latency of its attempts (for an adaptive prefetch)."""
     backlog: deque[tuple[TaskRecord, float]] = field(default_factory=deque)
     timer: TickTimer = field(default_factory=TickTimer)
     unreported: HeldReports[float] = field(default_factory=HeldReports)  # routing ms, to send
@@ -60,11 +62,15 @@ class RouterActor(Actor):
     """Routes ready tasks to agents in batches; one ``Assign`` per agent per batch."""
 
     def __init__(
-        self, state: RouterState, wiring: Wiring, prefetch: float = 0.0, batch_limit: int = 256
+        self,
+        state: RouterState,
+        wiring: Wiring,
+        prefetch: PrefetchPolicy | None = None,
+        batch_limit: int = 256,
     ) -> None:
         self.state = state
         self.wiring = wiring
-        self.prefetch = prefetch
+        self.prefetch = PrefetchPolicy() if prefetch is None else prefetch
         self.batch_limit = batch_limit
 
     def on_start(self) -> None:
@@ -129,7 +135,18 @@ class RouterActor(Actor):
             record_outcome(task_type, agent_id, success, latency_ms)
         view = state.views.get(agent_id)
         if view is not None and tasks is not None:
-            state.views[agent_id] = view.evolve(load=len(tasks))
+            if self.prefetch.adaptive:
+                # Attempts that ran (a cancelled or given-back one reports 0 ms, unfailed).
+                mean = smoothed(
+                    state.latency_ms.get(agent_id),
+                    (ms for _, _, ok, ms in message.outcomes if ok or ms > 0.0),
+                )
+                if mean is not None:
+                    state.latency_ms[agent_id] = mean
+                buffer = self.prefetch.buffer(view.max_concurrency, mean)
+                state.views[agent_id] = view.evolve(load=len(tasks), buffer=buffer)
+            else:
+                state.views[agent_id] = view.evolve(load=len(tasks))
         return True
 
     def _snapshot(self, message: AgentsSnapshot) -> None:
@@ -138,12 +155,15 @@ class RouterActor(Actor):
         for gone in set(state.views) - new_ids:
             # The agent's executor requeues what it held when it stops.
             state.inflight.pop(gone, None)
+            state.latency_ms.pop(gone, None)
             state.core.forget_agent(gone)
         state.refs = dict(message.refs)
         state.views = {
             view.agent_id: view.evolve(
                 load=len(state.inflight.setdefault(view.agent_id, set())),
-                buffer=math.ceil(view.max_concurrency * self.prefetch),
+                buffer=self.prefetch.buffer(
+                    view.max_concurrency, state.latency_ms.get(view.agent_id)
+                ),
             )
             for view in message.agents
         }

@@ -330,6 +330,19 @@ class TaskRecord(Message):
             check_transition(self.state, target, task_id=self.task_id, manual=manual)
         return self.evolve(state=target, updated_at=at, **changes)
 
+    def moved_via(
+        self, step: TaskState, target: TaskState, *, at: datetime, **changes: Any
+    ) -> TaskRecord:
+        """A copy of this record moved to ``step`` and on to ``target`` in one copy (the
+        version in state ``step`` is never made); raises InvalidTransition if either move
+        is forbidden. An agent uses it for an attempt that started and ended before it
+        made the task RUNNING (``ASSIGNED -> RUNNING -> COMPLETED``)."""
+        if step not in TRANSITIONS[self.state]:
+            check_transition(self.state, step, task_id=self.task_id)
+        if target not in TRANSITIONS[step]:
+            check_transition(step, target, task_id=self.task_id)
+        return self.evolve(state=target, updated_at=at, **changes)
+
     @property
     def is_terminal(self) -> bool:
         """True when the task will not change state again on its own."""

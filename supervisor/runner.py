@@ -45,6 +45,7 @@ from actors.agent import AgentExecutor, AgentState, TaskContext
 from actors.cell import ActorRef
 from actors.claimer import ClaimerActor, ClaimerState, ClaimSettings
 from actors.core.health import HealthCore
+from actors.core.prefetch import PrefetchPolicy
 from actors.core.retry import RetryPolicy
 from actors.core.router import RouterCore
 from actors.events import EventsActor
@@ -171,17 +172,28 @@ class RunnerConfig(BaseModel):
     recover: bool = True
     """On start, put the store's unfinished tasks back in the pipeline. False for a
     short-lived runner that only submits (``arbiter submit``) to a store a worker uses."""
-    prefetch: float = Field(default=0.0, ge=0)
-    """Tasks each agent holds ahead of its free slots, as a multiple of its max_concurrency
-    (rounded up): they wait in the agent's own buffer and start the moment a slot frees,
-    without a round trip through router and queue. 0 (default): a task leaves the queue
-    only for a free slot, so priorities are strict. 2.0 (as Dramatiq prefetches): more
-    throughput on short tasks, but a task taken early runs before a higher-priority one
+    prefetch: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """Tasks each agent holds ahead of its free slots, at least, as a multiple of its
+    max_concurrency (rounded up): they wait in the agent's own buffer and start the moment
+    a slot frees, without a round trip through router and queue. 2.0 is what Dramatiq
+    prefetches. The buffer is the larger of this and the adaptive one
+    (``prefetch_window_ms``). A task taken early runs before a higher-priority one
     submitted after it, and a buffered task waits for its agent even if another is idle
     (Celery's prefetch trade-off). Buffered tasks are ASSIGNED, not RUNNING, and count no
     attempt: an agent crash keeps them in its line, a deregistration gives them back to
     the queue. A sync agent's buffer is its threads' job queue: a thread that ends an
     attempt starts the next buffered one at once (RUNNING from then, timed out from then)."""
+    prefetch_window_ms: float = Field(default=2.0, ge=0, allow_inf_nan=False)
+    """Adaptive prefetch: each agent may also hold as many tasks as it finishes in this
+    many milliseconds at its recent pace (a smoothed mean of its attempts' latencies), at
+    most ``prefetch_max`` x max_concurrency. A higher-priority task waits behind at most
+    about this much buffered work; an agent whose attempts take longer than this buffers
+    none, so slow tasks keep strict priorities and are never held up behind a busy agent.
+    Short tasks get a deep buffer (no round trip per freed slot). ``prefetch=0`` and
+    ``prefetch_window_ms=0``: a task leaves the queue only for a free slot (strict
+    priorities whatever the tasks take)."""
+    prefetch_max: float = Field(default=32.0, ge=0, allow_inf_nan=False)
+    """Cap of the adaptive prefetch, as a multiple of each agent's max_concurrency."""
     seed: int | None = None
     lease_s: float = Field(default=30.0, gt=0, le=86_400)
     """Shared store: how long a claimed task stays this runner's without a renewal
@@ -417,6 +429,7 @@ class TaskRunner:
         )
         queue = QueueState()
         router = RouterState(RouterCore(config.routing_strategy, rng=random.Random(rng.random())))
+        prefetch = PrefetchPolicy(config.prefetch, config.prefetch_window_ms, config.prefetch_max)
         factories: dict[str, Callable[[], Any]] = {
             "journal": lambda: JournalActor(
                 journal,
@@ -435,7 +448,7 @@ class TaskRunner:
             "registry": lambda: RegistryActor(registry, wiring),
             "retry": lambda: RetryActor(retry, wiring),
             "queue": lambda: QueueActor(queue, wiring),
-            "router": lambda: RouterActor(router, wiring, config.prefetch),
+            "router": lambda: RouterActor(router, wiring, prefetch),
         }
         names = list(PIPELINE_ACTORS)
         if self._shared:

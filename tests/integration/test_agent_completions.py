@@ -105,13 +105,46 @@ def test_a_started_handed_attempt_becomes_running_with_the_workers_start_time(
     record, context = _handed(executor)
     state = executor.state
     state.started.append((context, 7.0))
+    first = _Out()
+    executor._take_done(first)  # the start alone
+    assert not state.waiting and not state.handed and list(state.running) == [record.task_id]
+    assert [(r.state, r.attempt) for r in first.persist] == [(TaskState.RUNNING, 1)]
     state.done.append((context, True, None, None, None, False, 7.25))
+    second = _Out()
+    executor._take_done(second)
+    assert not state.running
+    assert [(r.state, r.attempt) for r in second.persist] == [(TaskState.COMPLETED, 1)]
+    assert second.released == [(record.task_id, "work", True, 250.0)]  # 7.25 - 7.0 s
+    (entry,) = second.persist[0].history
+    assert (entry.number, entry.outcome) == (1, "completed")
+    assert entry.started_at == first.persist[0].updated_at
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_an_attempt_started_and_ended_in_one_take_is_written_once(
+    make_system: Any, ok: bool
+) -> None:
+    """ASSIGNED -> its outcome in one version: the RUNNING one would be replaced in the
+    same store write, so it is never made (its start is still counted and timed)."""
+    executor = _executor(make_system())
+    record, context = _handed(executor)
+    state = executor.state
+    state.started.append((context, 7.0))
+    error = None if ok else "ValueError: no"
+    state.done.append((context, ok, None, error, None if ok else "ValueError", False, 7.5))
     out = _Out()
     executor._take_done(out)
     assert not state.waiting and not state.handed and not state.running
-    assert [r.state for r in out.persist] == [TaskState.RUNNING, TaskState.COMPLETED]
-    assert out.persist[0].attempt == 1 and out.persist[1].attempt == 1
-    assert out.released == [(record.task_id, "work", True, 250.0)]  # 7.25 - 7.0 s
+    outcome = out.persist[0] if ok else out.retry[0][0]
+    assert [r.task_id for r in out.persist] == ([record.task_id] if ok else [])
+    assert outcome.state is (TaskState.COMPLETED if ok else TaskState.FAILED)
+    assert outcome.attempt == 1 and outcome.agent_id == record.agent_id
+    assert outcome.last_error == error
+    (entry,) = outcome.history
+    assert (entry.number, entry.outcome, entry.error) == (1, "completed" if ok else "failed", error)
+    assert entry.started_at == entry.ended_at == outcome.updated_at
+    assert out.released == [(record.task_id, "work", ok, 500.0)]  # 7.5 - 7.0 s
+    assert (state.completed, state.failed) == ((1, 0) if ok else (0, 1))
 
 
 def test_a_start_reported_after_the_task_left_the_agent_is_ignored(make_system: Any) -> None:

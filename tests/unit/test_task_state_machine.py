@@ -144,6 +144,24 @@ def test_moved_stamps_the_time_applies_changes_and_names_the_task() -> None:
     assert str(before.task_id) in str(info.value)
 
 
+@given(
+    source=st.sampled_from(list(S)), step=st.sampled_from(list(S)), target=st.sampled_from(list(S))
+)
+def test_moved_via_allows_exactly_the_two_step_paths_of_the_table(
+    source: TaskState, step: TaskState, target: TaskState
+) -> None:
+    before = record(source)
+    at = before.updated_at + timedelta(seconds=1)
+    if (source.value, step.value) in REFERENCE and (step.value, target.value) in REFERENCE:
+        after = before.moved_via(step, target, at=at, attempt=4)
+        assert (after.state, after.updated_at, after.attempt) == (target, at, 4)
+        assert before.state is source
+    else:
+        with pytest.raises(InvalidTransition) as info:
+            before.moved_via(step, target, at=at)
+        assert info.value.task_id == before.task_id
+
+
 # new_task_id: a UUIDv7 (RFC 9562): 48-bit Unix ms timestamp, version 7, 12 random bits
 # (rand_a), variant 0b10, 62 random bits (rand_b). Clock and randomness are pinned.
 NS = 1_767_225_600_123_456_789  # 2026-01-01T00:00:00.123456789Z
