@@ -114,6 +114,8 @@ class RouterActor(Actor):
             "routed": state.routed,
             "returned_to_queue": state.returned,
             "load": {agent_id: len(tasks) for agent_id, tasks in sorted(state.inflight.items())},
+            "buffer": {agent_id: view.buffer for agent_id, view in sorted(state.views.items())},
+            "latency_ms": dict(sorted(state.latency_ms.items())),
         }
 
     # ------------------------------------------------------------------

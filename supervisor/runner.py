@@ -925,10 +925,18 @@ class TaskRunner:
         peers = self._peers
         router_stats = self._actor_statistics(peers.get("router"))
         loads = router_stats.get("load", {})
+        buffers = router_stats.get("buffer", {})
         agents = []
         for agent_id in sorted(self._agents):
             executor = self._actor_statistics(self._agents[agent_id])
-            agents.append({"agent_id": agent_id, "load": loads.get(agent_id, 0), **executor})
+            agents.append(
+                {
+                    "agent_id": agent_id,
+                    "load": loads.get(agent_id, 0),
+                    "buffer": buffers.get(agent_id, 0),
+                    **executor,
+                }
+            )
         health = peers.get("health").ask(GetHealth())
         counts = store.counts()
         return {

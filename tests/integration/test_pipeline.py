@@ -781,6 +781,47 @@ def test_a_prefetched_task_is_running_only_once_a_worker_takes_it_and_times_out_
     assert gate.started == ["blocker", "held"]
 
 
+def _buffers(runner: TaskRunner) -> dict[str, int]:
+    return {a["agent_id"]: a["buffer"] for a in runner.status()["agents"]}
+
+
+def test_the_adaptive_prefetch_buffers_for_short_tasks_and_not_for_long_ones(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    """Default ``prefetch_window_ms=2``: an agent may hold what it finishes in 2 ms at its
+    recent pace. A no-op agent gets a deep buffer (capped at prefetch_max x slots); one
+    whose attempts take 20 ms gets none, so its tasks keep strict priorities."""
+    runner = make_runner()
+    assert (runner.config.prefetch_window_ms, runner.config.prefetch_max) == (2.0, 32.0)
+
+    def slow(task: TaskContext) -> int:
+        threading.Event().wait(0.02)  # 20 ms of work
+        return int(task.payload)
+
+    runner.register_agent(AgentSpec(agent_id="quick", capabilities={"q"}, max_concurrency=2), echo)
+    runner.register_agent(AgentSpec(agent_id="slow", capabilities={"s"}, max_concurrency=2), slow)
+    assert _buffers(runner) == {"quick": 0, "slow": 0}  # nothing finished yet: no pace known
+    for handle in [runner.submit(type="q", payload=i) for i in range(300)]:
+        handle.result(WAIT_S)
+    for handle in [runner.submit(type="s", payload=i) for i in range(4)]:
+        handle.result(WAIT_S)
+    wait_for(lambda: _buffers(runner)["slow"] == 0 and _buffers(runner)["quick"] > 2)
+    assert _buffers(runner)["quick"] <= 64  # 32 x 2 slots
+
+
+def test_no_prefetch_window_keeps_even_a_no_op_agent_unbuffered(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    runner = make_runner(prefetch_window_ms=0)
+    runner.register_agent(agent(concurrency=2), echo)
+    for handle in [runner.submit(type="code", payload=i) for i in range(200)]:
+        handle.result(WAIT_S)
+    assert _buffers(runner) == {"a1": 0}
+    fixed = make_runner(prefetch=1.5, prefetch_window_ms=0)
+    fixed.register_agent(agent(concurrency=2), echo)
+    wait_for(lambda: _buffers(fixed) == {"a1": 3})  # ceil(1.5 x 2), from registration on
+
+
 def test_start_freezes_what_is_alive_for_the_garbage_collector_unless_told_not_to() -> None:
     """``gc_freeze`` (default on): the objects alive at start leave the collector's
     generations, so its full collections (the latency tail) scan only newer ones."""
