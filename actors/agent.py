@@ -52,7 +52,7 @@ from messages.pipeline import (
     TimeoutCheck,
     WorkDone,
 )
-from messages.task import AgentSpec, Attempt, TaskRecord, TaskState
+from messages.task import AgentSpec, Attempt, TaskRecord, TaskState, attempt_entry
 
 __all__ = ["AgentExecutor", "AgentState", "TaskContext"]
 
@@ -798,14 +798,7 @@ def _attempt(
         outcome = "completed"
     elif outcome is False:
         outcome = "failed"
-    return Attempt.fast(
-        number=number,
-        agent_id=agent_id,
-        started_at=started_at,
-        ended_at=now,
-        outcome=outcome,
-        error=error,
-    )
+    return attempt_entry(number, agent_id, started_at, now, outcome, error)
 
 
 class _Workers:

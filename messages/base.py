@@ -201,7 +201,7 @@ class Message(BaseModel):
         if len(data) == len(template):  # every field is set (not a partial construct)
             compact = template.copy()
             compact.update(data)
-            _set_dict(self, "__dict__", compact)
+            _set_dict(self, compact)
         fields_set = self.__pydantic_fields_set__
         if isinstance(fields_set, set):
             _set_fields_set(self, shape.fields_sets.setdefault(frozenset(fields_set), fields_set))
@@ -225,8 +225,8 @@ class Message(BaseModel):
             )
         data = shape.template.copy()  # the defaults, in a compact dict
         data.update(values)
-        message = cls.__new__(cls)
-        _set_dict(message, "__dict__", data)
+        message = _new_object(cls)
+        _set_dict(message, data)
         _set_fields_set(message, shape.every if every else set(keys))
         _set_extra(message, None)
         _set_private(message, None)
@@ -240,6 +240,10 @@ class Message(BaseModel):
         per instance, and a copy of a compact dict is compact. Unknown field names raise
         ``TypeError``.
         """
+        return self._evolved(changes)
+
+    def _evolved(self, changes: dict[str, Any]) -> Self:
+        """:meth:`evolve` with the changes in a dict (the caller's, not kept)."""
         cls = type(self)
         shape = _SHAPES.get(cls) or _shape(cls)
         if not shape.allowed.issuperset(changes):
@@ -248,8 +252,8 @@ class Message(BaseModel):
             )
         data = self.__dict__.copy()
         data.update(changes)
-        copy = cls.__new__(cls)
-        _set_dict(copy, "__dict__", data)
+        copy = _new_object(cls)
+        _set_dict(copy, data)
         _set_fields_set(copy, shape.every)
         _set_extra(copy, None)
         _set_private(copy, None)
@@ -257,8 +261,10 @@ class Message(BaseModel):
 
 
 # The slots every pydantic model has, set through their descriptors (cheaper than
-# ``object.__setattr__`` by name; the hot path builds several messages per task).
-_set_dict = object.__setattr__
+# ``object.__setattr__`` by name; the hot path builds several messages per task). A
+# model class defines no ``__new__`` of its own: ``object.__new__`` makes an empty one.
+_new_object = object.__new__
+_set_dict = BaseModel.__dict__["__dict__"].__set__
 _set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
 _set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
 _set_private = BaseModel.__dict__["__pydantic_private__"].__set__

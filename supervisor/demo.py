@@ -1,7 +1,9 @@
 """``arbiter demo``: a self-contained workload through the whole pipeline.
 
-Built-in agents run no-op handlers (failing at ``--fail-rate``); ``--crash`` makes the named
-actors fail every ``--crash-interval`` seconds while the workload runs. The summary
+Built-in agents run no-op handlers (failing at ``--fail-rate``); ``--crash`` makes each named
+actor fail every ``--crash-interval`` seconds while the workload runs (they take turns,
+spread evenly over the interval, so each is crashed within the first interval however
+short the run). The summary
 checks the promise: every submitted task ends COMPLETED or DEAD_LETTERED, none is lost.
 """
 
@@ -72,7 +74,12 @@ def add_demo_parser(sub: Any) -> None:
         choices=CRASHABLE,
         help="crash this actor now and then (repeatable)",
     )
-    demo.add_argument("--crash-interval", type=float, default=0.2, help="seconds between crashes")
+    demo.add_argument(
+        "--crash-interval",
+        type=float,
+        default=0.2,
+        help="seconds between two crashes of each named actor (they take turns)",
+    )
     demo.add_argument("--store", default="memory://", help="store URL (default memory://)")
     demo.add_argument("--strategy", default="least_loaded", help="routing strategy")
     demo.add_argument("--seed", type=int, default=None)
@@ -191,7 +198,9 @@ def _crash_loop(
 ) -> None:
     rng = random.Random(seed)
     turn = 0
-    while not stop.wait(interval_s):
+    # Each target once per interval, in turn: the last of them within the first interval.
+    step = interval_s / max(1, len(targets))
+    while not stop.wait(step):
         target = targets[turn % len(targets)]
         turn += 1
         if target == "agent":

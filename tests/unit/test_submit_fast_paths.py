@@ -24,6 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from messages import (
+    Attempt,
     FrozenDict,
     InvalidMessage,
     PayloadTooLarge,
@@ -35,7 +36,14 @@ from messages import (
     new_task_id,
 )
 from messages.base import EMPTY_FROZEN_DICT
-from messages.task import PRIORITY_MAX, PRIORITY_MIN, new_task_ids, queued_records, simple_spec
+from messages.task import (
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    attempt_entry,
+    new_task_ids,
+    queued_records,
+    simple_spec,
+)
 from supervisor.runner import RunnerConfig, TaskRunner, _validate
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -539,3 +547,35 @@ def test_records_from_fast_specs_are_as_small_as_from_validated_ones() -> None:
 
 def test_no_specs_make_no_records() -> None:
     assert queued_records([], now=NOW, owner=None, max_attempts=3) == ()
+
+
+@given(
+    number=st.integers(min_value=1, max_value=10_000),
+    agent_id=st.one_of(st.none(), st.text(min_size=1, max_size=20)),
+    started=st.one_of(st.none(), st.just(NOW)),
+    ended=st.one_of(st.none(), st.just(NOW + timedelta(seconds=1))),
+    outcome=st.sampled_from(["completed", "failed", "timed_out", "abandoned"]),
+    error=st.one_of(st.none(), st.text(max_size=50)),
+)
+def test_attempt_entry_is_what_validation_builds(
+    number: int,
+    agent_id: str | None,
+    started: datetime | None,
+    ended: datetime | None,
+    outcome: str,
+    error: str | None,
+) -> None:
+    entry = attempt_entry(number, agent_id, started, ended, outcome, error)
+    slow = Attempt(
+        number=number,
+        agent_id=agent_id,
+        started_at=started,
+        ended_at=ended,
+        outcome=outcome,
+        error=error,
+    )
+    assert entry == slow and entry.model_dump() == slow.model_dump()
+    assert list(entry.__dict__.items()) == list(slow.__dict__.items())
+    assert sys.getsizeof(entry.__dict__) == sys.getsizeof(slow.__dict__)  # compact
+    assert entry.model_fields_set == slow.model_fields_set
+    assert entry.__pydantic_extra__ is None and entry.__pydantic_private__ is None
