@@ -414,12 +414,19 @@ priority given)."""
 
 
 def queued_records(
-    specs: Sequence[TaskSpec], *, now: datetime, owner: str | None, max_attempts: int
+    specs: Sequence[TaskSpec],
+    *,
+    now: datetime,
+    owner: str | None,
+    max_attempts: int,
+    first_sequence: int = 0,
 ) -> tuple[TaskRecord, ...]:
     """New records for ``specs``, in state QUEUED, with ids from :func:`new_task_ids`:
     for each spec what ``TaskRecord.fast`` builds given every field (``max_attempts`` the
-    spec's, else the one given; created and updated ``now``; ``owner``), from one
-    template of the fields they share."""
+    spec's, else the one given; created and updated ``now``; ``owner``; sequence 0, or
+    ``first_sequence``, ``first_sequence + 1``, ... if that is given: the store's
+    :meth:`~actors.journal.store.TaskStore.sequence_hint`), from one template of the
+    fields they share."""
     shape = _RECORD_SHAPE
     template = shape.template.copy()  # compact, as each copy of it
     template.update(
@@ -440,11 +447,15 @@ def queued_records(
     copy = template.copy
     records: list[TaskRecord] = []
     append = records.append
+    sequence = first_sequence
+    step = 1 if first_sequence else 0
     for task_id, spec in zip(new_task_ids(len(specs)), specs, strict=True):
         data = copy()
         data["task_id"] = task_id
         data["spec"] = spec
         data["max_attempts"] = spec.max_attempts or max_attempts
+        data["sequence"] = sequence
+        sequence += step
         record: TaskRecord = _new_object(TaskRecord)
         _set_dict(record, data)
         _set_fields_set(record, every)

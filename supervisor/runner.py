@@ -744,6 +744,7 @@ class TaskRunner:
             now=self.clock.now(),
             owner=None if self._shared else config.runner_id,  # shared: the claimer's lease
             max_attempts=config.max_attempts,
+            first_sequence=self._require_store().sequence_hint() if self._direct_inserts else 0,
         )
         try:
             stored: tuple[TaskRecord, ...] | StoreError

@@ -164,6 +164,11 @@ class MemoryStore(TaskStore):
         """True between ``open()`` and ``close()``."""
         return self._open
 
+    def sequence_hint(self) -> int:
+        """The sequence of the next insert (read without the lock: another thread's insert
+        meanwhile only makes the hint stale, and a stale one costs a copy per record)."""
+        return self._next_sequence
+
     def _check_open(self) -> None:
         if not self._open:
             raise StoreError(f"store {self.url} is not open")
@@ -178,6 +183,9 @@ class MemoryStore(TaskStore):
             self._check_open()
             if not inserts and not updates:
                 return []
+            if not inserts and self._update_live(updates):
+                count_commit(self._stats, 0, 0, len(updates))
+                return []
             batch = _Batch(self)
             try:
                 stored = [batch.insert(record) for record in inserts]
@@ -189,6 +197,36 @@ class MemoryStore(TaskStore):
                 raise
             count_commit(self._stats, batch.inserted, batch.duplicates, batch.updated)
             return stored
+
+    def _update_live(self, updates: Sequence[TaskRecord]) -> bool:
+        """The pipeline's commonest batch, written without an undo log: new versions of
+        distinct tasks that are stored, not finished, keep their idempotency key and their
+        sequence. Everything is checked (and packed) before anything is written, so there
+        is nothing to undo. False, having changed nothing, for any other batch: the
+        general path (:class:`_Batch`) decides it, and explains what is wrong with it."""
+        tasks = self._tasks
+        seen: set[int] = set()
+        writes: list[tuple[int, _Entry, TaskState, TaskState]] = []
+        for record in updates:
+            task_int = record.task_id.int
+            current = tasks.get(task_int)
+            if type(current) is not TaskRecord or task_int in seen:
+                return False  # unknown, finished (packed), or twice in the batch
+            spec, stored_spec = record.spec, current.spec
+            if (
+                spec is not stored_spec and spec.idempotency_key != stored_spec.idempotency_key
+            ) or record.sequence != current.sequence:
+                return False
+            seen.add(task_int)
+            state = record.state
+            entry = _pack(record) if state in TERMINAL_STATES else record
+            writes.append((task_int, entry, state, current.state))
+        counts = self._counts
+        for task_int, entry, state, old_state in writes:
+            tasks[task_int] = entry
+            counts[state] += 1
+            counts[old_state] -= 1
+        return True
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -323,8 +361,10 @@ class _Batch:
         if existing is not None:
             self.duplicates += 1
             return _unpack(existing)
-        stored = record.evolve(sequence=store._next_sequence)
-        store._next_sequence += 1
+        sequence = store._next_sequence
+        # A submitter that took MemoryStore.sequence_hint made it with this sequence.
+        stored = record if record.sequence == sequence else record.evolve(sequence=sequence)
+        store._next_sequence = sequence + 1
         self._put(task_int, stored, None, None)
         if key is not None:
             self._set_key(key, task_int)

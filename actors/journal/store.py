@@ -90,6 +90,14 @@ class TaskStore(ABC):
       full), :class:`~messages.StoreCorrupt` or :class:`~messages.StoreVersionError`.
     """
 
+    def sequence_hint(self) -> int:
+        """The sequence the next inserted record will likely get, if this store can tell
+        (0 if not). A submitter may give new records consecutive sequences from it: a store
+        that finds a record already holding the sequence it assigns keeps that record as it
+        is instead of copying it. Only a hint: the store assigns sequences whatever it says.
+        """
+        return 0
+
     # -- lifecycle -----------------------------------------------------------------------
 
     @abstractmethod

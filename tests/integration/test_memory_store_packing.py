@@ -257,3 +257,83 @@ def test_a_packed_record_with_every_field_set_reads_back_equal_and_untracked(
     assert store.dead_letters() == [finished]
     gc.collect()
     assert not any(gc.is_tracked(entry) for entry in store._tasks.values())
+
+
+class _GeneralPathOnly(MemoryStore):
+    """The store with its undo-log-free path for plain updates turned off: the reference."""
+
+    def _update_live(self, updates: Any) -> bool:
+        return False
+
+
+_CHANGES = st.sampled_from(["state", "same_key", "new_key", "sequence", "unknown", "twice"])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.integers(0, 5), st.sampled_from(list(TaskState)), _CHANGES),
+            min_size=1,
+            max_size=6,
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_plain_updates_store_what_the_general_path_stores(
+    batches: list[list[tuple[int, TaskState, str]]],
+) -> None:
+    """Batches of updates of six tasks (state changes, key changes, wrong sequences,
+    unknown tasks, a task twice in a batch, finished ones): the store ends with the same
+    records, counts and statistics as through the general path alone, and raises the same
+    errors with nothing of a refused batch written."""
+    fast, general = MemoryStore().open(), _GeneralPathOnly().open()
+    records = [make_record(key=f"k{i}") for i in range(6)]
+    current = {r.task_id: r for r in fast.insert(records)}
+    assert general.insert(records) == list(current.values())
+    ids = list(current)
+    for batch in batches:
+        updates: list[TaskRecord] = []
+        for index, state, change in batch:
+            record = moved(current[ids[index]], state)
+            if change == "new_key":
+                record = record.model_copy(
+                    update={"spec": record.spec.model_copy(update={"idempotency_key": "x"})}
+                )
+            elif change == "sequence":
+                record = record.model_copy(update={"sequence": record.sequence + 100})
+            elif change == "unknown":
+                record = record.model_copy(update={"task_id": uuid.uuid4()})
+            updates.append(record)
+            if change == "twice":
+                updates.append(moved(record, TaskState.COMPLETED))
+        outcomes = []
+        for store in (fast, general):
+            try:
+                store.apply((), updates)
+                outcomes.append(None)
+            except Exception as exc:  # noqa: BLE001 - compared below
+                outcomes.append(type(exc))
+        assert outcomes[0] == outcomes[1]
+        assert fast.list_tasks() == general.list_tasks()
+        assert fast.counts() == general.counts()
+        assert fast.statistics() == general.statistics()
+        current = {r.task_id: r for r in fast.list_tasks()}
+
+
+def test_a_record_made_from_the_sequence_hint_is_stored_as_it_is(store: MemoryStore) -> None:
+    """The store assigns sequences whatever a record says; one that already holds the
+    sequence it gets is kept as it is (no copy). A stale hint only costs that copy."""
+    store.insert([make_record()])  # sequence 1
+    hint = store.sequence_hint()
+    assert hint == 2
+    fresh = [make_record(sequence=hint + i) for i in range(3)]
+    stored = store.insert(fresh)
+    assert [r.sequence for r in stored] == [2, 3, 4]
+    assert all(s is f for s, f in zip(stored, fresh, strict=True))
+    stale = [make_record(sequence=hint + i) for i in range(2)]  # 2 and 3 are taken
+    again = store.insert(stale)
+    assert [r.sequence for r in again] == [5, 6]
+    assert all(a is not s and a.task_id == s.task_id for a, s in zip(again, stale, strict=True))
+    assert [r.sequence for r in store.list_tasks()] == [1, 2, 3, 4, 5, 6]

@@ -579,3 +579,14 @@ def test_attempt_entry_is_what_validation_builds(
     assert sys.getsizeof(entry.__dict__) == sys.getsizeof(slow.__dict__)  # compact
     assert entry.model_fields_set == slow.model_fields_set
     assert entry.__pydantic_extra__ is None and entry.__pydantic_private__ is None
+
+
+def test_queued_records_take_consecutive_sequences_from_a_hint() -> None:
+    specs = [TaskSpec(type="a")] * 3
+    assert [r.sequence for r in queued_records(specs, now=NOW, owner=None, max_attempts=3)] == [
+        0,
+        0,
+        0,
+    ]
+    hinted = queued_records(specs, now=NOW, owner=None, max_attempts=3, first_sequence=41)
+    assert [r.sequence for r in hinted] == [41, 42, 43]
