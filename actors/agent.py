@@ -162,6 +162,14 @@ _Done = tuple[TaskContext, bool, Any, str | None, str | None, bool, float]
 permanent, ended)``; ``result`` is frozen JSON, ``ended`` the monotonic end time."""
 
 _WORK_DONE: Final = WorkDone.fast()
+_TO_RUNNING: Final[dict[TaskState, tuple[TaskState, ...]]] = {
+    TaskState.QUEUED: (TaskState.ASSIGNED, TaskState.RUNNING),
+    TaskState.ASSIGNED: (TaskState.RUNNING,),
+}
+"""The moves that make a waiting task RUNNING: the router hands tasks over as the queue
+gave them (QUEUED; the ``Assign`` itself assigns them), and the agent makes one version of
+the move through ASSIGNED (which is never written: see the router)."""
+_RUN: Final = (TaskState.RUNNING,)
 
 
 class _Run:
@@ -457,7 +465,13 @@ class AgentExecutor(Actor):
             if ending is not None and id(context) in ending:
                 ended[id(context)] = (waiting.pop(task_id), started)
                 continue
-            running = waiting.pop(task_id).moved(TaskState.RUNNING, at=now, attempt=context.attempt)
+            record = waiting.pop(task_id)
+            running = record.moved_via(
+                *_TO_RUNNING.get(record.state, _RUN),
+                at=now,
+                attempt=context.attempt,
+                agent_id=agent_id,
+            )
             run = _Run(running, started, context)
             running_now[task_id] = run
             persist.append(running)
@@ -498,7 +512,12 @@ class AgentExecutor(Actor):
             task_id = next(iter(waiting))
             record = waiting[task_id]  # off the line only once it runs (crash safety)
             free -= 1
-            running = record.moved(TaskState.RUNNING, at=now, attempt=record.attempt + 1)
+            running = record.moved_via(
+                *_TO_RUNNING.get(record.state, _RUN),
+                at=now,
+                attempt=record.attempt + 1,
+                agent_id=agent_id,
+            )
             context = _context_of(running, running.attempt, agent_id)
             run = _Run(running, mono, context)
             running_now[task_id] = run
@@ -552,16 +571,16 @@ class AgentExecutor(Actor):
             task_id = context.task_id
             attempt = context.attempt
             if early and (assigned := early.pop(id(context), None)) is not None:
-                record, started = assigned  # ASSIGNED: RUNNING and the outcome in one step
+                record, started = assigned  # waiting: RUNNING and the outcome in one step
                 started_at = now
-                via: TaskState | None = TaskState.RUNNING
+                via = _TO_RUNNING.get(record.state, _RUN)
             else:
                 run = running.get(task_id)
                 if run is None or run.record.attempt != attempt:
                     state.zombies += 1  # timed out, cancelled or requeued while it ran
                     continue
                 del running[task_id]
-                record, started, via = run.record, run.started, None
+                record, started, via = run.record, run.started, ()
                 started_at = record.updated_at
             task_type = record.spec.type
             latency_ms = max(0.0, (end - started) * 1000.0)
@@ -572,12 +591,18 @@ class AgentExecutor(Actor):
             else:
                 changes = {"last_error": error}
                 target = TaskState.FAILED
-            if via is None:
-                outcome = record.moved(target, at=now, history=history, **changes)
-            else:
+            if via:
                 outcome = record.moved_via(
-                    via, target, at=now, attempt=attempt, history=history, **changes
+                    *via,
+                    target,
+                    at=now,
+                    attempt=attempt,
+                    agent_id=agent_id,
+                    history=history,
+                    **changes,
                 )
+            else:
+                outcome = record.moved(target, at=now, history=history, **changes)
             if ok:
                 persist.append(outcome)
                 state.completed += 1
@@ -709,7 +734,11 @@ class AgentExecutor(Actor):
         for task_id, record in list(state.waiting.items()) if waiting else ():
             # Never started: back to the queue as they were, no attempt counted.
             del state.waiting[task_id]
-            out.unstarted.append(record.moved(TaskState.QUEUED, at=now, agent_id=None))
+            out.unstarted.append(
+                record
+                if record.state is TaskState.QUEUED  # as the router handed it over
+                else record.moved(TaskState.QUEUED, at=now, agent_id=None)
+            )
             out.released.append((task_id, record.spec.type, False, 0.0))
             state.requeued += 1
         if out.requeue or out.unstarted:

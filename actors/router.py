@@ -182,9 +182,11 @@ class RouterActor(Actor):
         else:
             assigned, latencies = self._route_quietly()
         if assigned:
-            # ASSIGNED is not written to the store: recovery would treat an assigned task
-            # that never started exactly like a queued one, so the write would buy nothing
-            # and cost one of four writes per task. The agent writes RUNNING.
+            # The records go as the queue gave them (QUEUED): the Assign is what assigns
+            # them, and the agent makes its RUNNING version straight from them. ASSIGNED
+            # is never written to the store: recovery would treat an assigned task that
+            # never started exactly like a queued one, so the write (or even the copy)
+            # would buy nothing.
             routed = 0
             for agent_id, batch in assigned.items():
                 routed += len(batch)
@@ -202,7 +204,6 @@ class RouterActor(Actor):
         choices, _ = state.core.choose_batch(
             [record for record, _ in backlog], list(state.views.values())
         )
-        now = self.wiring.clock.now()
         inflight = state.inflight
         assigned: dict[str, list[TaskRecord]] = {}
         latencies: list[float] = []
@@ -213,9 +214,7 @@ class RouterActor(Actor):
                 waiting.append((record, ready_at))
                 continue
             inflight.setdefault(agent_id, set()).add(record.task_id)
-            assigned.setdefault(agent_id, []).append(
-                record.moved(TaskState.ASSIGNED, at=now, agent_id=agent_id)
-            )
+            assigned.setdefault(agent_id, []).append(record)
             latencies.append(ready_at)
         waiting.extend(backlog)
         state.backlog = waiting
@@ -236,7 +235,6 @@ class RouterActor(Actor):
         assigned: dict[str, list[TaskRecord]] = {}
         latencies: list[float] = []
         waiting: deque[tuple[TaskRecord, float]] = deque()
-        now = self.wiring.clock.now()
         free = sum(
             max(0, view.max_concurrency + view.buffer - view.load)  # free_slots, inlined
             for view in view_list
@@ -255,9 +253,7 @@ class RouterActor(Actor):
             updated = views[agent_id].evolve(load=len(tasks))
             views[agent_id] = updated
             view_list[position[agent_id]] = updated
-            assigned.setdefault(agent_id, []).append(
-                record.moved(TaskState.ASSIGNED, at=now, agent_id=agent_id)
-            )
+            assigned.setdefault(agent_id, []).append(record)
             hub.publish(
                 "task.routed",
                 record.task_id,

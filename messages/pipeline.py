@@ -98,7 +98,9 @@ class TasksReady(CarriesTasks):
 
 
 class Assign(CarriesTasks):
-    """Router -> agent executor: run these tasks (state ASSIGNED)."""
+    """Router -> agent executor: run these tasks. The records are as the queue handed them
+    (QUEUED): this message is what assigns them to the agent, which makes their next
+    version (RUNNING, through ASSIGNED) itself. ASSIGNED records are taken too."""
 
     records: tuple[TaskRecord, ...]
 

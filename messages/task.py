@@ -333,18 +333,21 @@ class TaskRecord(Message):
         changes["updated_at"] = at
         return self._evolved(changes)
 
-    def moved_via(
-        self, step: TaskState, target: TaskState, *, at: datetime, **changes: Any
-    ) -> TaskRecord:
-        """A copy of this record moved to ``step`` and on to ``target`` in one copy (the
-        version in state ``step`` is never made); raises InvalidTransition if either move
-        is forbidden. An agent uses it for an attempt that started and ended before it
-        made the task RUNNING (``ASSIGNED -> RUNNING -> COMPLETED``)."""
-        if step not in TRANSITIONS[self.state]:
-            check_transition(self.state, step, task_id=self.task_id)
-        if target not in TRANSITIONS[step]:
-            check_transition(step, target, task_id=self.task_id)
-        changes["state"] = target
+    def moved_via(self, *states: TaskState, at: datetime, **changes: Any) -> TaskRecord:
+        """A copy of this record moved through ``states`` in turn, in one copy: it ends in
+        the last of them and the versions in the others are never made. Raises
+        InvalidTransition if any move is forbidden. An agent uses it for an attempt that
+        started and ended before it made the task RUNNING (``ASSIGNED -> RUNNING ->
+        COMPLETED``), and for tasks the router handed it as the queue gave them
+        (``QUEUED -> ASSIGNED -> RUNNING``)."""
+        if not states:
+            raise ValueError("moved_via needs at least one state")
+        source = self.state
+        for state in states:
+            if state not in TRANSITIONS[source]:
+                check_transition(source, state, task_id=self.task_id)
+            source = state
+        changes["state"] = source
         changes["updated_at"] = at
         return self._evolved(changes)
 

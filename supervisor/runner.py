@@ -1040,7 +1040,10 @@ class TaskRunner:
         if isinstance(message, Assign):
             now = self.clock.now()
             queued = tuple(
-                r.moved(TaskState.QUEUED, at=now, agent_id=None) for r in message.records
+                r
+                if r.state is TaskState.QUEUED
+                else r.moved(TaskState.QUEUED, at=now, agent_id=None)
+                for r in message.records
             )
             self._require_wiring().persist(queued)
             self._peers.get("queue").tell(

@@ -88,9 +88,12 @@ def _executor(system: ActorSystem) -> AgentExecutor:
     return AgentExecutor(state, wiring)
 
 
-def _handed(executor: AgentExecutor) -> tuple[TaskRecord, TaskContext]:
-    """A waiting task handed to the workers, as ``_hand_waiting`` leaves it."""
-    record = make_record(state=TaskState.ASSIGNED, agent_id="a1")
+def _handed(
+    executor: AgentExecutor, state: TaskState = TaskState.ASSIGNED
+) -> tuple[TaskRecord, TaskContext]:
+    """A waiting task handed to the workers, as ``_hand_waiting`` leaves it (QUEUED: as the
+    router hands tasks over; ASSIGNED: as an earlier router did)."""
+    record = make_record(state=state, agent_id="a1" if state is TaskState.ASSIGNED else None)
     record = record.evolve(spec=record.spec.evolve(timeout_s=None))
     context = TaskContext(record.task_id, "work", {}, record.attempt + 1, "a1")
     executor.state.waiting[record.task_id] = record
@@ -145,6 +148,37 @@ def test_an_attempt_started_and_ended_in_one_take_is_written_once(
     assert entry.started_at == entry.ended_at == outcome.updated_at
     assert out.released == [(record.task_id, "work", ok, 500.0)]  # 7.5 - 7.0 s
     assert (state.completed, state.failed) == ((1, 0) if ok else (0, 1))
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_a_task_handed_over_queued_is_assigned_to_the_agent_by_its_next_version(
+    make_system: Any, together: bool
+) -> None:
+    """The router sends the queue's QUEUED records: the Assign assigns them. The agent's
+    first version of a task is RUNNING (or its outcome), with its own id, in one copy."""
+    executor = _executor(make_system())
+    record, context = _handed(executor, TaskState.QUEUED)
+    assert record.agent_id is None
+    state = executor.state
+    state.started.append((context, 1.0))
+    written: list[TaskRecord] = []
+    if not together:
+        first = _Out()
+        executor._take_done(first)
+        (running,) = first.persist
+        assert (running.state, running.agent_id, running.attempt) == (TaskState.RUNNING, "a1", 1)
+        written.append(running)
+    state.done.append((context, True, 5, None, None, False, 1.5))
+    out = _Out()
+    executor._take_done(out)
+    (completed,) = out.persist
+    assert (completed.state, completed.agent_id, completed.attempt) == (
+        TaskState.COMPLETED,
+        "a1",
+        1,
+    )
+    assert completed.result == 5 and [a.agent_id for a in completed.history] == ["a1"]
+    assert not state.waiting and not state.running
 
 
 def test_a_start_reported_after_the_task_left_the_agent_is_ignored(make_system: Any) -> None:

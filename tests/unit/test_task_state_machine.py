@@ -144,21 +144,24 @@ def test_moved_stamps_the_time_applies_changes_and_names_the_task() -> None:
     assert str(before.task_id) in str(info.value)
 
 
-@given(
-    source=st.sampled_from(list(S)), step=st.sampled_from(list(S)), target=st.sampled_from(list(S))
-)
-def test_moved_via_allows_exactly_the_two_step_paths_of_the_table(
-    source: TaskState, step: TaskState, target: TaskState
+@given(source=st.sampled_from(list(S)), path=st.lists(st.sampled_from(list(S)), max_size=3))
+def test_moved_via_allows_exactly_the_paths_of_the_table(
+    source: TaskState, path: list[TaskState]
 ) -> None:
     before = record(source)
     at = before.updated_at + timedelta(seconds=1)
-    if (source.value, step.value) in REFERENCE and (step.value, target.value) in REFERENCE:
-        after = before.moved_via(step, target, at=at, attempt=4)
-        assert (after.state, after.updated_at, after.attempt) == (target, at, 4)
+    if not path:
+        with pytest.raises(ValueError, match="at least one state"):
+            before.moved_via(at=at)
+        return
+    hops = list(zip([source, *path], path, strict=False))
+    if all((a.value, b.value) in REFERENCE for a, b in hops):
+        after = before.moved_via(*path, at=at, attempt=4)
+        assert (after.state, after.updated_at, after.attempt) == (path[-1], at, 4)
         assert before.state is source
     else:
         with pytest.raises(InvalidTransition) as info:
-            before.moved_via(step, target, at=at)
+            before.moved_via(*path, at=at)
         assert info.value.task_id == before.task_id
 
 
