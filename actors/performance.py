@@ -49,14 +49,9 @@ class PerformanceActor(Actor):
     def receive(self, message: Any) -> Any:
         core = self.state.core
         if isinstance(message, Outcomes):
-            now = self.wiring.clock.monotonic()
-            for agent_id, task_type, success, latency_ms, end_to_end_ms in message.items:
-                core.record_outcome(agent_id, task_type, success, latency_ms, now)
-                if end_to_end_ms is not None:
-                    core.record_end_to_end(end_to_end_ms)
+            core.record_outcomes(message.items, self.wiring.clock.monotonic())
         elif isinstance(message, RouteLatencies):
-            for value in message.values:
-                core.record_route_latency(value)
+            core.record_route_latencies(message.values)
         elif isinstance(message, Tick):
             self.state.timer.fired()
             self._publish()

@@ -9,9 +9,12 @@ runtime's own routing+assignment and end-to-end latencies.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
+
+from messages.pipeline import OutcomeItem
 
 __all__ = ["LatencyHistogram", "OutcomeStats", "PerformanceCore"]
 
@@ -137,6 +140,50 @@ class LatencyHistogram:
         if len(buckets) > self._max_buckets:
             self._collapse()
 
+    def record_many(self, values: Sequence[float]) -> None:
+        """``record`` each of ``values`` in turn (the same state as one call each); raises
+        ``ValueError`` for a negative or non-finite one before anything is recorded."""
+        for ms in values:
+            if not 0.0 <= ms < math.inf:
+                raise ValueError(f"latency must be finite and >= 0, got {ms!r}")
+        index_of = self.index_of
+        self._add_many(values, [index_of(ms) for ms in values])
+
+    def _add_many(self, values: Sequence[float], indices: Sequence[int | None]) -> None:
+        """``_add`` each valid value with its index in turn, in one call: the same sum (added
+        in the same order), extremes, buckets and collapses."""
+        if not values:
+            return
+        self._count += len(values)
+        total = self._sum
+        for ms in values:
+            total += ms
+        self._sum = total
+        low, high = min(values), max(values)
+        if low < self._min:
+            self._min = low
+        if high > self._max:
+            self._max = high
+        buckets = self._buckets
+        limit = self._max_buckets
+        floor = self._floor
+        zero = 0
+        for index in indices:
+            if index is None:
+                zero += 1
+                continue
+            if floor is not None and index < floor:
+                index = floor
+            count = buckets.get(index)
+            if count is not None:
+                buckets[index] = count + 1
+                continue
+            buckets[index] = 1
+            if len(buckets) > limit:
+                self._collapse()
+                floor = self._floor
+        self._zero += zero
+
     def _collapse(self) -> None:
         # Merge the lowest buckets into the lowest one kept: low percentiles lose precision,
         # the high ones people watch (p95, p99) keep it.
@@ -257,6 +304,18 @@ class _Rate:
         self.pending = 0
         self.last = now
 
+    def record_many(self, now: float, count: int) -> None:
+        """``record(now)`` ``count`` times (events at one instant): one sample at most."""
+        if count <= 0:
+            return
+        if self.last is None:
+            self.last = now
+            count -= 1
+            if not count:
+                return
+        self.record(now)
+        self.pending += count - 1  # the others come at the same instant: they wait
+
     def value(self, now: float | None) -> float | None:
         if self.rate is None or self.last is None:
             return None
@@ -318,6 +377,15 @@ class _Series:
         else:
             self.failures += 1
         self.rate.record(now)
+
+    def record_many(
+        self, successes: int, latencies: Sequence[float], now: float, indices: Sequence[int | None]
+    ) -> None:
+        """``record`` of each latency in turn (``successes`` of them successes), at ``now``."""
+        self.latency._add_many(latencies, indices)
+        self.successes += successes
+        self.failures += len(latencies) - successes
+        self.rate.record_many(now, len(latencies))
 
     def stats(self, now: float | None) -> OutcomeStats:
         count = self.successes + self.failures
@@ -386,9 +454,71 @@ class PerformanceCore:
         kind.record(success, latency_ms, now, index)
         self._total.record(success, latency_ms, now, index)
 
+    def record_outcomes(self, items: Sequence[OutcomeItem], now: float) -> None:
+        """Each ``(agent_id, task_type, success, latency_ms, end_to_end_ms)`` as
+        :meth:`record_outcome` (and :meth:`record_end_to_end` of the ones with an
+        end-to-end time) in turn would record it, all ending at ``now``, with a few calls
+        per distinct agent and task type instead of several per outcome. Raises
+        ``ValueError`` for a bad latency before anything is recorded."""
+        for item in items:
+            latency_ms = item[3]
+            if not 0.0 <= latency_ms < math.inf:
+                raise ValueError(f"latency must be finite and >= 0, got {latency_ms!r}")
+            end_to_end_ms = item[4]
+            if end_to_end_ms is not None and not 0.0 <= end_to_end_ms < math.inf:
+                raise ValueError(f"latency must be finite and >= 0, got {end_to_end_ms!r}")
+        if not items:
+            return
+        index_of = self._total.latency.index_of  # the same in every series
+        latencies = [item[3] for item in items]
+        indices = [index_of(ms) for ms in latencies]
+        successes = sum(1 for item in items if item[2])
+        groups: dict[tuple[str, str], list[int]] = {}
+        for position, item in enumerate(items):
+            key = (item[0], item[1])
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [position]
+            else:
+                group.append(position)
+        if len(groups) == 1:
+            ((agent_id, task_type),) = groups
+            self._series(self._agents, agent_id).record_many(successes, latencies, now, indices)
+            self._series(self._types, task_type).record_many(successes, latencies, now, indices)
+        else:
+            by_agent: dict[str, list[int]] = {}
+            by_type: dict[str, list[int]] = {}
+            for (agent_id, task_type), positions in groups.items():
+                by_agent.setdefault(agent_id, []).extend(positions)
+                by_type.setdefault(task_type, []).extend(positions)
+            for series_of, grouped in ((self._agents, by_agent), (self._types, by_type)):
+                for name, positions in grouped.items():
+                    positions.sort()  # each series records its outcomes in their order
+                    series = self._series(series_of, name)
+                    series.record_many(
+                        sum(1 for i in positions if items[i][2]),
+                        [latencies[i] for i in positions],
+                        now,
+                        [indices[i] for i in positions],
+                    )
+        self._total.record_many(successes, latencies, now, indices)
+        ends = [item[4] for item in items if item[4] is not None]
+        if ends:
+            self._end_to_end.record_many(ends)
+
+    def _series(self, series_of: dict[str, _Series], name: str) -> _Series:
+        series = series_of.get(name)
+        if series is None:
+            series = series_of[name] = self._new_series()
+        return series
+
     def record_route_latency(self, ms: float) -> None:
         """Record the time from a task being ready to its assignment to an agent."""
         self._route.record(ms)
+
+    def record_route_latencies(self, values: Sequence[float]) -> None:
+        """:meth:`record_route_latency` of each value in turn, in one call."""
+        self._route.record_many(values)
 
     def record_end_to_end(self, ms: float) -> None:
         """Record the time from a task's submission to its final outcome."""

@@ -595,3 +595,77 @@ def test_failures_are_counted_one_by_one() -> None:
     for stats in (core.agent_stats("a"), core.type_stats("t"), core.total_stats()):
         assert (stats.count, stats.successes, stats.failures) == (4, 1, 3)
         assert stats.success_rate == 0.25
+
+
+def _state(core: PerformanceCore, now: float) -> object:
+    """Everything the core reports, and its histograms' insides (exact comparison)."""
+
+    def insides(h: LatencyHistogram) -> tuple[object, ...]:
+        return (h._count, h._sum, h._min, h._max, h._zero, h._floor, sorted(h._buckets.items()))
+
+    series = [*core._agents.values(), *core._types.values(), core._total]
+    return (
+        core.summary(now),
+        [insides(s.latency) for s in series],
+        [(s.rate.last, s.rate.pending, s.rate.rate) for s in series],
+        insides(core._end_to_end),
+        insides(core._route),
+    )
+
+
+batch_latencies = st.one_of(
+    st.floats(min_value=0.0, max_value=1e4, allow_nan=False),
+    st.sampled_from([0.0, 1e-12, 0.005, 1.0, 1.0]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from("ab"),
+                st.sampled_from(["x", "y"]),
+                st.booleans(),
+                batch_latencies,
+                st.one_of(st.none(), batch_latencies),
+            ),
+            max_size=30,
+        ),
+        max_size=6,
+    ),
+    buckets=st.sampled_from([2, 3, 2048]),
+    times=st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=6, max_size=6),
+)
+def test_a_batch_of_outcomes_records_what_one_call_each_records(
+    batches: list[list[tuple[str, str, bool, float, float | None]]],
+    buckets: int,
+    times: list[float],
+) -> None:
+    """``record_outcomes`` (and ``record_route_latencies``) leave the core exactly as one
+    ``record_outcome`` / ``record_end_to_end`` / ``record_route_latency`` call per value
+    would: the same counts, sums, extremes, buckets (collapses too), rates."""
+    one_by_one, batched = (PerformanceCore(max_buckets=buckets) for _ in range(2))
+    now = 0.0
+    for batch, step in zip(batches, times, strict=False):
+        now += step  # several batches may come at one instant
+        for agent_id, task_type, success, latency, end_to_end in batch:
+            one_by_one.record_outcome(agent_id, task_type, success, latency, now)
+            if end_to_end is not None:
+                one_by_one.record_end_to_end(end_to_end)
+        for _, _, _, latency, _ in batch:
+            one_by_one.record_route_latency(latency)
+        batched.record_outcomes(batch, now)
+        batched.record_route_latencies([item[3] for item in batch])
+        assert _state(batched, now + 1.0) == _state(one_by_one, now + 1.0)
+
+
+def test_a_batch_with_a_bad_latency_records_nothing() -> None:
+    core = PerformanceCore()
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        core.record_outcomes([("a", "x", True, 1.0, None), ("a", "x", True, -1.0, None)], 0.0)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        core.record_outcomes([("a", "x", True, 1.0, math.inf)], 0.0)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        core.route_latency.record_many([1.0, math.nan])
+    assert core.total_stats().count == 0 and core.route_latency.count == 0
