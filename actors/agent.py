@@ -113,18 +113,19 @@ class TaskContext:
         deadline: datetime | None = None,
         trace_context: dict[str, str] | None = None,
     ) -> None:
-        _put = _SET_SLOT
-        _put["task_id"](self, task_id)
-        _put["type"](self, type)
         # ``payload`` may be frozen JSON (the executor's) or a plain value (tests).
-        _put["_frozen_payload"](self, payload)
-        _put["attempt"](self, attempt)
-        _put["agent_id"](self, agent_id)
-        _put["idempotency_key"](self, idempotency_key)
-        _put["deadline"](self, deadline)
-        _put["trace_context"](self, {} if trace_context is None else trace_context)
-        _put["_cancelled"](self, [False])
-        _put["_early"](self, False)
+        _fill_context(
+            self,
+            task_id,
+            type,
+            payload,
+            attempt,
+            agent_id,
+            idempotency_key,
+            deadline,
+            {} if trace_context is None else trace_context,
+            False,
+        )
 
     @property
     def payload(self) -> Any:
@@ -156,6 +157,43 @@ class TaskContext:
 
 # Each slot's setter (the class's own ``__setattr__`` refuses every assignment).
 _SET_SLOT: Final = {name: getattr(TaskContext, name).__set__ for name in TaskContext.__slots__}
+_set_task_id = _SET_SLOT["task_id"]
+_set_type = _SET_SLOT["type"]
+_set_frozen_payload = _SET_SLOT["_frozen_payload"]
+_set_attempt = _SET_SLOT["attempt"]
+_set_agent_id = _SET_SLOT["agent_id"]
+_set_idempotency_key = _SET_SLOT["idempotency_key"]
+_set_deadline = _SET_SLOT["deadline"]
+_set_trace_context = _SET_SLOT["trace_context"]
+_set_cancelled = _SET_SLOT["_cancelled"]
+_set_early = _SET_SLOT["_early"]
+_new_context = object.__new__
+
+
+def _fill_context(
+    context: TaskContext,
+    task_id: uuid.UUID,
+    type: str,
+    payload: Any,
+    attempt: int,
+    agent_id: str,
+    idempotency_key: str | None,
+    deadline: datetime | None,
+    trace_context: dict[str, str],
+    early: bool,
+) -> None:
+    """Set every slot of a new context but ``_payload`` (unset until first read)."""
+    _set_task_id(context, task_id)
+    _set_type(context, type)
+    _set_frozen_payload(context, payload)
+    _set_attempt(context, attempt)
+    _set_agent_id(context, agent_id)
+    _set_idempotency_key(context, idempotency_key)
+    _set_deadline(context, deadline)
+    _set_trace_context(context, trace_context)
+    _set_cancelled(context, [False])
+    _set_early(context, early)
+
 
 _Done = tuple[TaskContext, bool, Any, str | None, str | None, bool, float]
 """An ended attempt in the completion line: ``(context, ok, result, error, error_type,
@@ -429,8 +467,7 @@ class AgentExecutor(Actor):
         assert state.pool is not None
         submit = state.pool.submit
         for record in reversed(fresh):
-            context = _context_of(record, record.attempt + 1, agent_id)
-            _SET_SLOT["_early"](context, True)
+            context = _context_of(record, record.attempt + 1, agent_id, early=True)
             handed[record.task_id] = context
             submit(context)
 
@@ -797,11 +834,16 @@ class AgentExecutor(Actor):
             self.wiring.peers.get("performance").tell(Outcomes.fast(items=outcomes))
 
 
-def _context_of(record: TaskRecord, attempt: int, agent_id: str) -> TaskContext:
-    """The handler's view of attempt ``attempt`` of ``record``'s task."""
+def _context_of(
+    record: TaskRecord, attempt: int, agent_id: str, *, early: bool = False
+) -> TaskContext:
+    """The handler's view of attempt ``attempt`` of ``record``'s task (``early``: handed to
+    the workers ahead of a free slot, see ``AgentState.handed``)."""
     spec = record.spec
     trace = spec.trace_context
-    return TaskContext(
+    context: TaskContext = _new_context(TaskContext)
+    _fill_context(
+        context,
         record.task_id,
         spec.type,
         spec.payload,  # thawed when the handler reads it
@@ -810,7 +852,9 @@ def _context_of(record: TaskRecord, attempt: int, agent_id: str) -> TaskContext:
         spec.idempotency_key,
         spec.deadline,
         {} if trace is EMPTY_FROZEN_DICT else dict(trace),
+        early,
     )
+    return context
 
 
 def _attempt(
