@@ -20,7 +20,7 @@ from hypothesis.stateful import (
 from actors.core import queue as queue_module
 from actors.core.queue import DEFAULT_CAPACITY, TaskQueueCore, key_of, routing_key
 from messages.errors import QueueFull
-from messages.task import TaskRecord, TaskSpec, new_task_id
+from messages.task import PRIORITY_MAX, PRIORITY_MIN, TaskRecord, TaskSpec, new_task_id
 
 BASE = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -740,6 +740,150 @@ QueueMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestQueueMachine = QueueMachine.TestCase
+
+
+def well_formed_levels(queue: TaskQueueCore) -> None:
+    """White-box: each bucket's ranks list its levels in order, no level is empty, a
+    level holds entries of its rank in push order, and ``live`` counts its live entries."""
+    for bucket in queue._buckets.values():
+        assert bucket.ranks == sorted(bucket.levels)
+        live = 0
+        for rank, level in bucket.levels.items():
+            assert level
+            assert all(entry[0] == rank for entry in level)
+            seqs = [entry[1] for entry in level]
+            assert seqs == sorted(seqs)
+            # Live: the index holds that very entry (a re-pushed record has a newer one).
+            live += sum(queue._tasks.get(entry[2].task_id.int) is entry for entry in level)
+        assert bucket.live == live > 0
+
+
+class ManyLevelsQueueMachine(QueueMachine):
+    """The same model with every priority level, larger takes (runs that cross levels and
+    stop at another key's head), and the levels' structure checked after every step."""
+
+    @rule(
+        type_=st.sampled_from(TYPES),
+        caps=st.frozensets(st.sampled_from(CAPS)),
+        priority=st.integers(min_value=PRIORITY_MIN, max_value=PRIORITY_MAX),
+        deadline_min=st.none() | st.integers(min_value=0, max_value=20),
+    )
+    def push_new(
+        self, type_: str, caps: frozenset[str], priority: int, deadline_min: int | None
+    ) -> None:
+        super().push_new(type_, caps, priority, deadline_min)
+
+    @precondition(lambda self: self.known)
+    @rule(data=st.data(), priority=st.integers(min_value=PRIORITY_MIN, max_value=PRIORITY_MAX))
+    def push_known_id_with_new_spec(self, data: st.DataObject, priority: int) -> None:
+        super().push_known_id_with_new_spec(data, priority)
+
+    @rule(
+        limit=st.integers(min_value=0, max_value=30),
+        agent=st.none() | st.frozensets(st.sampled_from(NAMES)),
+    )
+    def take(self, limit: int, agent: frozenset[str] | None) -> None:
+        super().take(limit, agent)
+
+    @invariant()
+    def levels_are_well_formed(self) -> None:
+        well_formed_levels(self.queue)
+
+
+ManyLevelsQueueMachine.TestCase.settings = settings(
+    max_examples=150,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestManyLevelsQueueMachine = ManyLevelsQueueMachine.TestCase
+
+
+def test_a_run_from_one_key_stops_at_an_earlier_task_of_equal_priority_elsewhere() -> None:
+    queue = TaskQueueCore()
+    a1, a2 = make_record("a", priority=5), make_record("a", priority=5)
+    b1 = make_record("b", priority=5)
+    a3, a4 = make_record("a", priority=5), make_record("a", priority=2)
+    b2 = make_record("b", priority=9)
+    b3 = make_record("b", priority=2)
+    for record in (a1, a2, b1, a3, a4, b2, b3):
+        queue.push(record)
+    assert ids(queue.take(3)) == ids([b2, a1, a2])
+    assert ids(queue.take(10)) == ids([b1, a3, a4, b3])
+    assert queue.keys() == frozenset()
+
+
+def test_take_crosses_priority_levels_within_a_key_and_drops_emptied_levels() -> None:
+    queue = TaskQueueCore()
+    records = [make_record(priority=priority) for priority in (3, 9, 3, 0, 9, 5)]
+    for record in records:
+        queue.push(record)
+    [bucket] = queue._buckets.values()
+    assert bucket.ranks == [-9, -5, -3, 0]
+    assert ids(queue.take(4)) == ids([records[1], records[4], records[5], records[0]])
+    assert bucket.ranks == [-3, 0]
+    again = make_record(priority=9)
+    queue.push(again)
+    assert bucket.ranks == [-9, -3, 0]
+    assert ids(queue.take(10)) == ids([again, records[2], records[3]])
+
+
+def test_take_skips_tombstones_across_levels_and_repushed_ids() -> None:
+    queue = TaskQueueCore()
+    records = [make_record("k", priority=i % 10) for i in range(40)]
+    for record in records:
+        queue.push(record)
+    for record in records[::3]:
+        queue.cancel(record.task_id)
+    # Pushed again, under another key: the old entries are tombstones, the new ones live.
+    moved = [make_record("m", priority=9, task_id=r.task_id) for r in records[::6]]
+    for record in moved:
+        queue.push(record)
+    well_formed_levels(queue)
+    expected = sorted(
+        (r for i, r in enumerate(records) if i % 3), key=lambda r: -r.spec.priority
+    )  # sorted is stable: FIFO within a priority
+    assert ids(queue.take(100, lambda key: key == frozenset({"k"}))) == ids(expected)
+    assert ids(queue.take(100)) == ids(moved)
+    assert queue.statistics()["tombstones"] == 0
+
+
+def test_compaction_after_many_tombstones_keeps_only_live_entries_and_levels() -> None:
+    queue = TaskQueueCore(capacity=5000)
+    keep = [make_record("k", priority=PRIORITY_MIN), make_record("k", priority=PRIORITY_MAX)]
+    victims = [make_record("k", priority=i % 10) for i in range(2000)]
+    for record in [keep[0], *victims, keep[1]]:
+        queue.push(record)
+    compactions = 0
+    for record in victims:
+        before = queue.statistics()["tombstones"]
+        queue.cancel(record.task_id)
+        stats = queue.statistics()
+        assert stats["tombstones"] <= stats["depth"]
+        compactions += before > 0 and stats["tombstones"] == 0
+    assert compactions >= 1
+    # Rebuilt levels hold live entries only, and the levels left with none are gone.
+    [bucket] = queue._buckets.values()
+    assert len(bucket.heap) <= 2 * len(queue)
+    well_formed_levels(queue)
+    assert ids(queue.take(5)) == ids([keep[1], keep[0]])
+    assert queue.statistics()["tombstones"] == 0
+
+
+def test_lookups_by_anything_but_a_uuid_find_nothing() -> None:
+    queue = TaskQueueCore()
+    record = make_record(task_id=uuid.UUID(int=123))
+    queue.push(record)
+    # The index is keyed by the id's int internally: the int itself must not match.
+    assert uuid.UUID(int=123) in queue
+    assert 123 not in queue
+    assert "x" not in queue
+    assert queue.get(123) is None  # type: ignore[arg-type]
+    assert queue.cancel(123) is None  # type: ignore[arg-type]
+    assert queue.get(uuid.UUID(int=123)) is record
+    with pytest.raises(TypeError):
+        _ = [] in queue  # unhashable, as a dict lookup by it would raise
+    assert len(queue) == 1
 
 
 def test_routing_keys_are_built_once_per_type_and_requirements(
