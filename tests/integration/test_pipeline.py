@@ -853,3 +853,32 @@ def test_unfinished_records_lists_what_is_not_finished_in_queue_order(
     listed = runner.unfinished_records()
     assert [r.task_id for r in listed] == [high.task_id, low.task_id]
     assert all(r.state is TaskState.QUEUED for r in listed)
+
+
+def test_runners_raise_the_young_gc_threshold_and_the_last_one_puts_it_back() -> None:
+    import gc
+
+    host = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 11, 12)
+        first = TaskRunner.start(RunnerConfig())
+        assert gc.get_threshold() == (50_000, 11, 12)  # the older generations: the host's
+        second = TaskRunner.start(RunnerConfig(gc_young_threshold=80_000))
+        assert gc.get_threshold() == (80_000, 11, 12)
+        first.stop(drain=False)
+        assert gc.get_threshold() == (80_000, 11, 12)  # the second one still runs
+        second.stop(drain=False)
+        assert gc.get_threshold() == (700, 11, 12)
+        with TaskRunner.start(RunnerConfig(gc_young_threshold=None)):
+            assert gc.get_threshold() == (700, 11, 12)
+        gc.set_threshold(90_000, 11, 12)  # the host's is higher already: left alone
+        with TaskRunner.start(RunnerConfig()):
+            assert gc.get_threshold() == (90_000, 11, 12)
+        assert gc.get_threshold() == (90_000, 11, 12)
+        gc.set_threshold(700, 11, 12)
+        runner = TaskRunner.start(RunnerConfig())
+        gc.set_threshold(5_000, 11, 12)  # the host changed it meanwhile: kept at stop
+        runner.stop(drain=False)
+        assert gc.get_threshold() == (5_000, 11, 12)
+    finally:
+        gc.set_threshold(*host)
