@@ -7,9 +7,10 @@ Systems (``SYSTEMS``, registered by ``benchmarks.systems.register_arbiter``):
   WAL, ``synchronous=NORMAL``);
 * ``arbiter-sqlite-fsync``: the same with ``?durability=fsync`` (``synchronous=FULL``); it
   only runs ``durable_submit``, the workload where durability is the cost being measured;
-* ``arbiter-memory-prefetch``: ``store="memory://"`` with ``prefetch=2.0`` (each agent
-  holds two tasks per slot ahead of its free slots, as Dramatiq's worker prefetches two
-  messages per thread); ``noop_throughput`` and ``paced_latency`` only.
+* ``arbiter-memory-strict``: ``store="memory://"`` with ``prefetch=0`` and
+  ``prefetch_window_ms=0``: no task leaves the queue before an agent has a free slot for
+  it (strict priorities whatever the tasks take), to show what that costs;
+  ``noop_throughput`` and ``paced_latency`` only.
 
 Set-up, per measurement (a fresh runner and a fresh store each time, like the peers):
 
@@ -22,8 +23,10 @@ Set-up, per measurement (a fresh runner and a fresh store each time, like the pe
 * ``queue_capacity = max(n, 10_000)`` so that the producer is never held up by admission
   (the peers' in-memory brokers are unbounded) and ``submit_timeout_s=60``;
 * every other setting is ``RunnerConfig``'s default: ``routing_strategy="least_loaded"``,
-  ``prefetch=0`` (strict priorities; ``prefetch=1.0`` trades them for throughput),
-  ``journal_batch=512``, ``max_attempts=3``;
+  ``prefetch=0`` and ``prefetch_window_ms=2`` (an agent may hold what it finishes in 2 ms
+  at its recent pace, at most 32 tasks per slot: a deep buffer for no-op tasks, none for
+  tasks slower than 2 ms), ``gc_young_threshold=50_000``, ``journal_batch=512``,
+  ``max_attempts=3``;
 * the handler is a plain ``def handler(task)`` that hits the shared ``Completion`` counter;
 * structlog is set to WARNING on stderr (the harness is the host; INFO lines would mix with
   the output).
@@ -94,9 +97,9 @@ DRAIN_TIMEOUT_S = 30.0
 """After the last handler completion, how long the runner may take to record every task
 as finished (outside the timed window). Longer is reported as an error."""
 TASK_TYPE = "noop"
-PREFETCH = 2.0
-"""``arbiter-memory-prefetch``: tasks held per agent slot ahead of the free ones, as
-Dramatiq's worker prefetches 2 messages per thread (Celery: 4)."""
+STRICT: dict[str, float] = {"prefetch": 0.0, "prefetch_window_ms": 0.0}
+"""``arbiter-memory-strict``: no prefetch at all (a task leaves the queue only for a free
+slot)."""
 
 STORES: dict[str, str] = {
     "memory": "memory://",
@@ -156,12 +159,14 @@ class _Arbiter:
     packages: tuple[str, ...] = ARBITER_PACKAGES
     agents = 1
 
-    def __init__(self, store: str, threads: int = PEER_THREADS, prefetch: float = 0.0) -> None:
+    def __init__(
+        self, store: str, threads: int = PEER_THREADS, prefetch: dict[str, float] | None = None
+    ) -> None:
         if store not in STORES:
             raise ValueError(f"unknown store {store!r}; choose from {list(STORES)}")
         self.store = store
         self.threads = threads
-        self.prefetch = prefetch
+        self.prefetch = dict(prefetch or {})  # RunnerConfig's prefetch settings, if not defaults
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -182,7 +187,7 @@ class _Arbiter:
             "submit_timeout_s": 60,
             "submit_batch": SUBMIT_BATCH,
             "single_submit_max": SINGLE_SUBMIT_MAX,
-            "prefetch": self.prefetch,
+            "prefetch": self.prefetch or "RunnerConfig defaults",
             "other_settings": "RunnerConfig defaults",
         }
 
@@ -209,7 +214,7 @@ class _Arbiter:
                 store=STORES[self.store].format(tmp=tmp),
                 queue_capacity=max(n, MIN_QUEUE_CAPACITY),
                 submit_timeout_s=60,
-                prefetch=self.prefetch,
+                **self.prefetch,
             )
             runner = TaskRunner.start(config)
             try:
@@ -398,10 +403,10 @@ class ArbiterSubmitOnly(_Arbiter):
     """``arbiter-sqlite-fsync``: ``durable_submit`` only."""
 
 
-class ArbiterPrefetch(ArbiterSystem):
-    """``arbiter-memory-prefetch``: the memory store with ``prefetch=PREFETCH``, set up like
-    the peers' consumers (each holds tasks ahead of its free threads); throughput and
-    latency only (submit and memory do not depend on it)."""
+class ArbiterStrict(ArbiterSystem):
+    """``arbiter-memory-strict``: the memory store with no prefetch (``STRICT``): every
+    freed slot costs a round trip through router and queue; throughput and latency only
+    (submit and memory do not depend on it)."""
 
     durable_submit = None  # type: ignore[assignment]
     memory_per_queued_task = None  # type: ignore[assignment]
@@ -413,5 +418,5 @@ SYSTEMS: dict[str, Any] = {
     "arbiter-memory": ArbiterSystem("memory"),
     "arbiter-sqlite": ArbiterSystem("sqlite"),
     "arbiter-sqlite-fsync": ArbiterSubmitOnly("sqlite-fsync"),
-    "arbiter-memory-prefetch": ArbiterPrefetch("memory", prefetch=PREFETCH),
+    "arbiter-memory-strict": ArbiterStrict("memory", prefetch=STRICT),
 }

@@ -87,7 +87,13 @@ def add_demo_parser(sub: Any) -> None:
         "--prefetch",
         type=float,
         default=1.0,
-        help="tasks each agent holds per slot (see RunnerConfig)",
+        help="tasks each agent holds per slot, at least (see RunnerConfig.prefetch)",
+    )
+    demo.add_argument(
+        "--prefetch-window-ms",
+        type=float,
+        default=2.0,
+        help="adaptive prefetch: the work each agent may hold, in ms at its pace (0: none)",
     )
     demo.add_argument("--timeout", type=float, default=300.0, help="give up after this long")
     demo.add_argument("--json", action="store_true", help="print only the summary, as JSON")
@@ -109,6 +115,7 @@ def run_demo(args: argparse.Namespace) -> int:
         within_s=1.0,
         seed=args.seed,
         prefetch=args.prefetch,
+        prefetch_window_ms=args.prefetch_window_ms,
     )
     started = time.perf_counter()
     submitted = 0
