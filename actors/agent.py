@@ -208,6 +208,14 @@ _TO_RUNNING: Final[dict[TaskState, tuple[TaskState, ...]]] = {
 gave them (QUEUED; the ``Assign`` itself assigns them), and the agent makes one version of
 the move through ASSIGNED (which is never written: see the router)."""
 _RUN: Final = (TaskState.RUNNING,)
+_ENDED_WAITING: Final[dict[tuple[TaskState, bool], tuple[TaskState, ...]]] = {
+    (state, ok): (*path, TaskState.COMPLETED if ok else TaskState.FAILED)
+    for state, path in _TO_RUNNING.items()
+    for ok in (True, False)
+}
+"""The moves of an attempt that started and ended before the agent made it RUNNING, from
+its waiting record's state and whether it succeeded."""
+_ENDED_RUNNING: Final = {True: (TaskState.COMPLETED,), False: (TaskState.FAILED,)}
 
 
 class _Run:
@@ -610,36 +618,39 @@ class AgentExecutor(Actor):
             if early and (assigned := early.pop(id(context), None)) is not None:
                 record, started = assigned  # waiting: RUNNING and the outcome in one step
                 started_at = now
-                via = _TO_RUNNING.get(record.state, _RUN)
+                path = _ENDED_WAITING[record.state, ok]
             else:
                 run = running.get(task_id)
                 if run is None or run.record.attempt != attempt:
                     state.zombies += 1  # timed out, cancelled or requeued while it ran
                     continue
                 del running[task_id]
-                record, started, via = run.record, run.started, ()
+                record, started = run.record, run.started
                 started_at = record.updated_at
+                path = _ENDED_RUNNING[ok]
             task_type = record.spec.type
             latency_ms = max(0.0, (end - started) * 1000.0)
-            history = (*record.history, _attempt(attempt, started_at, agent_id, now, ok, error))
-            if ok:
-                changes: dict[str, Any] = {"result": result, "last_error": None}
-                target = TaskState.COMPLETED
-            else:
-                changes = {"last_error": error}
-                target = TaskState.FAILED
-            if via:
-                outcome = record.moved_via(
-                    *via,
-                    target,
-                    at=now,
-                    attempt=attempt,
-                    agent_id=agent_id,
-                    history=history,
-                    **changes,
-                )
-            else:
-                outcome = record.moved(target, at=now, history=history, **changes)
+            outcome = record.moved_through(
+                path,
+                now,
+                {
+                    "attempt": attempt,
+                    "agent_id": agent_id,
+                    "history": (
+                        *record.history,
+                        attempt_entry(
+                            attempt,
+                            agent_id,
+                            started_at,
+                            now,
+                            "completed" if ok else "failed",
+                            error,
+                        ),
+                    ),
+                    "result": result,  # None when it failed
+                    "last_error": error,  # None when it completed
+                },
+            )
             if ok:
                 persist.append(outcome)
                 state.completed += 1

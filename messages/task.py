@@ -342,6 +342,13 @@ class TaskRecord(Message):
         (``QUEUED -> ASSIGNED -> RUNNING``)."""
         if not states:
             raise ValueError("moved_via needs at least one state")
+        return self.moved_through(states, at, changes)
+
+    def moved_through(
+        self, states: tuple[TaskState, ...], at: datetime, changes: dict[str, Any]
+    ) -> TaskRecord:
+        """:meth:`moved_via` of ``states`` (at least one), with the changes in a dict (the
+        caller's, not kept): the agent's way, one call per ended attempt."""
         source = self.state
         for state in states:
             if state not in TRANSITIONS[source]:

@@ -65,6 +65,8 @@ _HEAD: Final = 7
 """sequence, state, task id, payload, trace context, result, number of capabilities"""
 _JSON_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 _EMPTY_JSON: Final = b"{}"
+_STATE_VALUES: Final = {state: state.value for state in TaskState}
+"""Each state's plain string (cheaper than the enum's ``value`` property)."""
 
 
 def _pack_json(value: Any) -> Any:
@@ -86,18 +88,24 @@ def _pack(record: TaskRecord) -> _Packed:
     fields = record.__dict__
     spec = fields["spec"].__dict__
     capabilities = spec["required_capabilities"]
+    history = fields["history"]
     return (
         fields["sequence"],
-        fields["state"].value,
+        _STATE_VALUES[fields["state"]],
         fields["task_id"].int,
         _pack_json(spec["payload"]),
         _pack_json(spec["trace_context"]),
         _pack_json(fields["result"]),
         len(capabilities),
-        *sorted(capabilities),
+        *(sorted(capabilities) if capabilities else ()),
         *_record_plain(fields),
         *_spec_plain(spec),
-        *chain.from_iterable(_attempt_fields(a.__dict__) for a in fields["history"]),
+        # (the commonest history, one attempt, without the generator)
+        *(
+            _attempt_fields(history[0].__dict__)
+            if len(history) == 1
+            else chain.from_iterable(_attempt_fields(a.__dict__) for a in history)
+        ),
     )
 
 
