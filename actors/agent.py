@@ -440,22 +440,26 @@ class AgentExecutor(Actor):
         """Take the tasks into the waiting line; :meth:`_start_waiting` starts as many as
         there are free slots at the end of the batch."""
         state = self.state
+        waiting = state.waiting
+        running = state.running
+        given_back = state.given_back
         for record in message.records:
-            if record.task_id in state.waiting:
+            task_id = record.task_id
+            if task_id in waiting:
                 continue  # a redelivered Assign
-            if record.attempt < state.given_back.get(record.task_id, 0):
+            if given_back and record.attempt < given_back.get(task_id, 0):
                 continue  # redelivered after a crash: that attempt was given back already
-            old = state.running.get(record.task_id)
+            old = running.get(task_id) if running else None
             if old is not None:
                 if record.attempt < old.record.attempt:
                     continue  # a redelivered Assign (of the attempt that runs now)
                 # Shared store: this runner lost the lease while the attempt ran (it was
                 # paused), the task was rescued and claimed again, here. The old attempt
                 # is a zombie now (its writes are fenced); run the new one.
-                del state.running[record.task_id]
+                del running[task_id]
                 self._stop_attempt(old)
                 state.zombies += 1
-            state.waiting[record.task_id] = record
+            waiting[task_id] = record
 
     def _hand_waiting(self) -> None:
         """Sync handlers: put the waiting tasks not handed yet in the workers' job queue
@@ -466,17 +470,17 @@ class AgentExecutor(Actor):
         if state.is_async or len(waiting) == len(state.handed):
             return
         handed = state.handed
-        fresh: list[TaskRecord] = []
-        for task_id in reversed(waiting):
-            if task_id in handed:
+        fresh: list[tuple[uuid.UUID, TaskRecord]] = []
+        for item in reversed(waiting.items()):
+            if item[0] in handed:
                 break
-            fresh.append(waiting[task_id])
+            fresh.append(item)
         agent_id = state.spec.agent_id
         assert state.pool is not None
         submit = state.pool.submit
-        for record in reversed(fresh):
+        for task_id, record in reversed(fresh):
             context = _context_of(record, record.attempt + 1, agent_id, early=True)
-            handed[record.task_id] = context
+            handed[task_id] = context
             submit(context)
 
     def _take_started(
@@ -502,9 +506,11 @@ class AgentExecutor(Actor):
         while line:
             context, started = line.popleft()
             task_id = context.task_id
-            if handed.get(task_id) is not context:
+            current = handed.pop(task_id, None)
+            if current is not context:
+                if current is not None:
+                    handed[task_id] = current  # (a later hand-over of the task: kept)
                 continue  # cancelled or given back before (or as) a worker took it
-            del handed[task_id]
             if publish:
                 hub.publish("task.started", task_id, agent_id=agent_id, attempt=context.attempt)
             if ending is not None and id(context) in ending:

@@ -130,11 +130,11 @@ class RouterActor(Actor):
             return False
         agent_id = message.agent_id
         tasks = state.inflight.get(agent_id)
-        record_outcome = state.core.record_outcome
-        for task_id, task_type, success, latency_ms in message.outcomes:
-            if tasks is not None:
-                tasks.discard(task_id)
-            record_outcome(task_type, agent_id, success, latency_ms)
+        if tasks is not None:
+            discard = tasks.discard
+            for outcome in message.outcomes:
+                discard(outcome[0])
+        state.core.record_outcomes(agent_id, message.outcomes)
         view = state.views.get(agent_id)
         if view is not None and tasks is not None:
             if self.prefetch.adaptive:

@@ -453,6 +453,26 @@ class RouterCore:
         arm.count += 1
         arm.total += reward(success, latency_ms, self._latency_scale_ms)
 
+    def record_outcomes(
+        self, agent_id: str, outcomes: Sequence[tuple[object, str, bool, float]]
+    ) -> None:
+        """:meth:`record_outcome` of each ``(task_id, task_type, success, latency_ms)`` of
+        one agent in turn (a ``Released``'s outcomes), with the same sums, in one call."""
+        arms = self._arms
+        scale = self._latency_scale_ms
+        arm: _Arm | None = None
+        arm_type: str | None = None
+        for _, task_type, success, latency_ms in outcomes:
+            if task_type != arm_type or arm is None:
+                arm = arms.setdefault(task_type, {}).setdefault(agent_id, _Arm())
+                arm_type = task_type
+            arm.count += 1
+            if success:  # reward(), inlined
+                latency = max(0.0, latency_ms)
+                arm.total += 1.0 - 0.5 * latency / (latency + scale)
+            else:
+                arm.total += 0.0
+
     def forget_agent(self, agent_id: str) -> None:
         """Drop what the router learnt about a deregistered agent (bounded memory)."""
         for arms in self._arms.values():

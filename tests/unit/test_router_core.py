@@ -749,3 +749,25 @@ def test_decisions_are_counted() -> None:
     assert router.route(task(), []) is None
     assert router.statistics()["decisions"] == 3
     assert router.statistics()["unroutable"] == 1
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["x", "y"]),
+            st.booleans(),
+            st.floats(min_value=-1.0, max_value=1e6, allow_nan=False),
+        ),
+        max_size=40,
+    )
+)
+def test_a_released_batch_of_outcomes_feeds_the_bandit_as_one_call_each(
+    outcomes: list[tuple[str, bool, float]],
+) -> None:
+    one_by_one, batched = RouterCore("bandit"), RouterCore("bandit")
+    for task_type, success, latency in outcomes:
+        one_by_one.record_outcome(task_type, "a1", success, latency)
+    batched.record_outcomes("a1", [(None, t, ok, ms) for t, ok, ms in outcomes])
+    for task_type in ("x", "y"):
+        assert batched.bandit_stats(task_type) == one_by_one.bandit_stats(task_type)
+    assert batched.statistics() == one_by_one.statistics()
