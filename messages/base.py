@@ -29,11 +29,15 @@ __all__ = [
 class FrozenDict(Mapping[str, Any]):
     """An immutable, hashable mapping used for JSON objects inside messages."""
 
-    __slots__ = ("_data", "_hash")
+    __slots__ = ("_data", "_hash", "_text")
 
     def __init__(self, data: Mapping[str, Any] | None = None) -> None:
         self._data: dict[str, Any] = dict(data) if data else {}
         self._hash: int | None = None
+        # Its compact JSON text once asked for, if short (:func:`json_text`): the size
+        # check at submit and the memory store's packing of the finished task encode a
+        # small payload once, and a big one costs no second copy while it is queued.
+        self._text: str | None = None
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
@@ -150,15 +154,26 @@ def _make_encoder() -> Callable[[Any], str]:
 _encode_json = _make_encoder()
 
 _FLAT = frozenset({str, int, float, bool, type(None)})
+_KEPT_TEXT = 256
+"""A FrozenDict keeps its JSON text if it is at most this many characters."""
 
 
 def json_text(value: Any) -> str:
-    """The compact JSON text of a frozen (or plain) JSON value."""
+    """The compact JSON text of a frozen (or plain) JSON value (a FrozenDict keeps its
+    own, made once: it is immutable)."""
     if value is EMPTY_FROZEN_DICT:  # the commonest payload: ``{}``
         return "{}"
-    if type(value) is FrozenDict and all(type(item) in _FLAT for item in value._data.values()):
-        return _encode_json(value._data)  # flat: nothing to thaw (its keys are strings)
-    return _encode_json(thaw_json(value))  # json encodes tuples as lists
+    if type(value) is FrozenDict:
+        text = value._text
+        if text is None:
+            if all(type(item) in _FLAT for item in value._data.values()):
+                text = _encode_json(value._data)  # flat: nothing to thaw (str keys)
+            else:
+                text = _encode_json(thaw_json(value))  # json encodes tuples as lists
+            if len(text) <= _KEPT_TEXT:
+                value._text = text
+        return text
+    return _encode_json(thaw_json(value))
 
 
 def json_size(value: Any) -> int:

@@ -35,7 +35,7 @@ from messages import (
     json_size,
     new_task_id,
 )
-from messages.base import EMPTY_FROZEN_DICT
+from messages.base import EMPTY_FROZEN_DICT, json_text, thaw_json
 from messages.task import (
     PRIORITY_MAX,
     PRIORITY_MIN,
@@ -45,6 +45,7 @@ from messages.task import (
     simple_spec,
 )
 from supervisor.runner import RunnerConfig, TaskRunner, _validate
+from tests.unit.test_messages import json_values
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -319,6 +320,26 @@ def test_json_size_of_the_shared_empty_object_and_others() -> None:
     assert json_size(FrozenDict({"a": FrozenDict({"b": 1.5})})) == len('{"a":{"b":1.5}}')
     assert json_size((FrozenDict({"k": None}),)) == len('[{"k":null}]')
     assert json_size("☃") == 5 and json_size(None) == 4
+
+
+@given(json_values)
+def test_a_frozen_object_keeps_its_json_text_only_if_short(value: Any) -> None:
+    """Encoded once for the size check and once more for nothing: a FrozenDict keeps its
+    text (it is immutable) when it is at most 256 characters; a longer one is encoded
+    again each time, not kept."""
+    frozen = freeze_json({"v": value})
+    expected = json.dumps(thaw_json(frozen), separators=(",", ":"), ensure_ascii=False)
+    assert json_text(frozen) == expected
+    assert json_text(frozen) == expected  # (the kept one, if kept)
+    assert json_size(frozen) == len(expected.encode())
+    kept = frozen._text  # type: ignore[attr-defined]
+    assert kept == (expected if len(expected) <= 256 else None)
+
+
+def test_a_long_json_text_is_not_kept() -> None:
+    long, short = freeze_json({"s": "x" * 300}), freeze_json({"s": "x"})
+    assert json_size(long) == 308 and json_size(short) == 9
+    assert long._text is None and short._text == '{"s":"x"}'  # type: ignore[attr-defined]
 
 
 # -- new_task_ids ------------------------------------------------------------------------
