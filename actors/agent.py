@@ -644,14 +644,7 @@ class AgentExecutor(Actor):
                     "agent_id": agent_id,
                     "history": (
                         *record.history,
-                        attempt_entry(
-                            attempt,
-                            agent_id,
-                            started_at,
-                            now,
-                            "completed" if ok else "failed",
-                            error,
-                        ),
+                        _attempt(attempt, started_at, agent_id, now, ok, error),
                     ),
                     "result": result,  # None when it failed
                     "last_error": error,  # None when it completed
@@ -788,11 +781,7 @@ class AgentExecutor(Actor):
         for task_id, record in list(state.waiting.items()) if waiting else ():
             # Never started: back to the queue as they were, no attempt counted.
             del state.waiting[task_id]
-            out.unstarted.append(
-                record
-                if record.state is TaskState.QUEUED  # as the router handed it over
-                else record.moved(TaskState.QUEUED, at=now, agent_id=None)
-            )
+            out.unstarted.append(record.handed_back(at=now))
             out.released.append((task_id, record.spec.type, False, 0.0))
             state.requeued += 1
         if out.requeue or out.unstarted:

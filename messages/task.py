@@ -358,6 +358,13 @@ class TaskRecord(Message):
         changes["updated_at"] = at
         return self._evolved(changes)
 
+    def handed_back(self, *, at: datetime) -> TaskRecord:
+        """A record an agent had and never started, back in the queue: as it is if it was
+        handed over QUEUED (as the router does), else moved to QUEUED without its agent."""
+        if self.state is TaskState.QUEUED:
+            return self
+        return self.moved(TaskState.QUEUED, at=at, agent_id=None)
+
     @property
     def is_terminal(self) -> bool:
         """True when the task will not change state again on its own."""

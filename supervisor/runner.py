@@ -1096,12 +1096,7 @@ class TaskRunner:
             return
         if isinstance(message, Assign):
             now = self.clock.now()
-            queued = tuple(
-                r
-                if r.state is TaskState.QUEUED
-                else r.moved(TaskState.QUEUED, at=now, agent_id=None)
-                for r in message.records
-            )
+            queued = tuple(r.handed_back(at=now) for r in message.records)
             self._require_wiring().persist(queued)
             self._peers.get("queue").tell(
                 Enqueue.fast(records=queued, admitted=False, redelivered=False)

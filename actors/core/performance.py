@@ -472,35 +472,20 @@ class PerformanceCore:
         index_of = self._total.latency.index_of  # the same in every series
         latencies = [item[3] for item in items]
         indices = [index_of(ms) for ms in latencies]
+        by_agent: dict[str, list[int]] = {}
+        by_type: dict[str, list[int]] = {}
+        for position, item in enumerate(items):  # (positions in order, per series)
+            by_agent.setdefault(item[0], []).append(position)
+            by_type.setdefault(item[1], []).append(position)
+        for series_of, grouped in ((self._agents, by_agent), (self._types, by_type)):
+            for name, positions in grouped.items():
+                self._series(series_of, name).record_many(
+                    sum(1 for i in positions if items[i][2]),
+                    [latencies[i] for i in positions],
+                    now,
+                    [indices[i] for i in positions],
+                )
         successes = sum(1 for item in items if item[2])
-        groups: dict[tuple[str, str], list[int]] = {}
-        for position, item in enumerate(items):
-            key = (item[0], item[1])
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [position]
-            else:
-                group.append(position)
-        if len(groups) == 1:
-            ((agent_id, task_type),) = groups
-            self._series(self._agents, agent_id).record_many(successes, latencies, now, indices)
-            self._series(self._types, task_type).record_many(successes, latencies, now, indices)
-        else:
-            by_agent: dict[str, list[int]] = {}
-            by_type: dict[str, list[int]] = {}
-            for (agent_id, task_type), positions in groups.items():
-                by_agent.setdefault(agent_id, []).extend(positions)
-                by_type.setdefault(task_type, []).extend(positions)
-            for series_of, grouped in ((self._agents, by_agent), (self._types, by_type)):
-                for name, positions in grouped.items():
-                    positions.sort()  # each series records its outcomes in their order
-                    series = self._series(series_of, name)
-                    series.record_many(
-                        sum(1 for i in positions if items[i][2]),
-                        [latencies[i] for i in positions],
-                        now,
-                        [indices[i] for i in positions],
-                    )
         self._total.record_many(successes, latencies, now, indices)
         ends = [item[4] for item in items if item[4] is not None]
         if ends:

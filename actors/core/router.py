@@ -467,11 +467,7 @@ class RouterCore:
                 arm = arms.setdefault(task_type, {}).setdefault(agent_id, _Arm())
                 arm_type = task_type
             arm.count += 1
-            if success:  # reward(), inlined
-                latency = max(0.0, latency_ms)
-                arm.total += 1.0 - 0.5 * latency / (latency + scale)
-            else:
-                arm.total += 0.0
+            arm.total += reward(success, latency_ms, scale)
 
     def forget_agent(self, agent_id: str) -> None:
         """Drop what the router learnt about a deregistered agent (bounded memory)."""

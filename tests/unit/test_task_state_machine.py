@@ -255,3 +255,14 @@ def test_trace_context_is_kept_and_must_map_strings_to_strings() -> None:
             TaskSpec(type="t", trace_context=bad)
     with pytest.raises(ValidationError, match="expected a mapping of strings"):
         TaskSpec(type="t", trace_context=["traceparent"])
+
+
+def test_a_record_handed_back_unstarted_is_queued_without_its_agent() -> None:
+    queued = record(S.QUEUED)
+    at = queued.updated_at + timedelta(seconds=2)
+    assert queued.handed_back(at=at) is queued  # as the router hands tasks over
+    assigned = queued.moved(S.ASSIGNED, at=at, agent_id="a1")
+    back = assigned.handed_back(at=at)
+    assert (back.state, back.agent_id, back.updated_at) == (S.QUEUED, None, at)
+    with pytest.raises(InvalidTransition):
+        record(S.RUNNING).handed_back(at=at)  # a started attempt counts: not this way
