@@ -112,7 +112,10 @@ class Admission:
         self.block_timeout_s = block_timeout_s
         self._cond = threading.Condition(threading.Lock())
         self._held = 0
-        self._waiting = 0  # submitters blocked for room
+        # What each submitter blocked for room waits for: a release wakes them only when
+        # the smallest of these fits (a drained batch at a time frees a few credits; a
+        # submitter of 500 woken for each would go back to sleep, at a thread switch each).
+        self._waiting: list[int] = []
 
     def acquire(self, count: int) -> None:
         """Take ``count`` credits or raise QueueFull (after blocking, if configured)."""
@@ -122,13 +125,13 @@ class Admission:
                 return
             timeout = self.block_timeout_s
             if timeout is not None and count <= self.capacity:
-                self._waiting += 1
+                self._waiting.append(count)
                 try:
                     room = self._cond.wait_for(
                         lambda: self.capacity - self._held >= count, timeout=timeout
                     )
                 finally:
-                    self._waiting -= 1
+                    self._waiting.remove(count)
                 if room:
                     self._held += count
                     return
@@ -143,7 +146,7 @@ class Admission:
             return
         with self._cond:
             self._held -= min(count, self._held)
-            if self._waiting:
+            if self._waiting and self.capacity - self._held >= min(self._waiting):
                 self._cond.notify_all()
 
     @property

@@ -99,6 +99,16 @@ def freeze_json(value: Any, _depth: int = 0) -> Any:
     strings, finite numbers, booleans and None. Anything else (sets, bytes, objects, NaN)
     is refused, so a payload is always portable to every store.
     """
+    if type(value) is dict:
+        # The commonest payload and result: a small flat object of strings, integers,
+        # booleans and nulls. One pass checks it (floats take the general path, for their
+        # finiteness), and its text is made at once: the size check at submit and the
+        # store's packing of the finished task need it anyway.
+        for key, item in value.items():
+            if type(key) is not str or type(item) not in _FLAT_EXACT:
+                break
+        else:
+            return _flat_frozen(value) if value else EMPTY_FROZEN_DICT
     if _depth > 64:
         raise ValueError("JSON value nested deeper than 64 levels")
     if isinstance(value, _SCALARS):
@@ -154,8 +164,26 @@ def _make_encoder() -> Callable[[Any], str]:
 _encode_json = _make_encoder()
 
 _FLAT = frozenset({str, int, float, bool, type(None)})
+_FLAT_EXACT = frozenset({str, int, bool, type(None)})
+"""JSON scalars that need no check beyond their type (a float must be finite)."""
 _KEPT_TEXT = 256
 """A FrozenDict keeps its JSON text if it is at most this many characters."""
+_new_frozen = object.__new__
+_set_frozen_data = FrozenDict.__dict__["_data"].__set__
+_set_frozen_hash = FrozenDict.__dict__["_hash"].__set__
+_set_frozen_text = FrozenDict.__dict__["_text"].__set__
+
+
+def _flat_frozen(data: dict[str, Any]) -> FrozenDict:
+    """``FrozenDict(data)`` for a non-empty flat object of exact JSON scalar types (checked
+    by the caller), with its text when it is short."""
+    frozen: FrozenDict = _new_frozen(FrozenDict)
+    copy = data.copy()
+    _set_frozen_data(frozen, copy)
+    _set_frozen_hash(frozen, None)
+    text = _encode_json(copy)
+    _set_frozen_text(frozen, text if len(text) <= _KEPT_TEXT else None)
+    return frozen
 
 
 def json_text(value: Any) -> str:

@@ -52,3 +52,66 @@ def test_waiting_ends_in_queue_full_and_an_oversized_batch_fails_at_once() -> No
     with pytest.raises(QueueFull):
         admission.acquire(3)  # could never fit: no wait
     assert admission.in_use == 0
+
+
+class _CountingCondition(threading.Condition):
+    """A condition that counts its wake-up calls."""
+
+    def __init__(self) -> None:
+        super().__init__(threading.Lock())
+        self.wakeups = 0
+
+    def notify_all(self) -> None:
+        self.wakeups += 1
+        super().notify_all()
+
+
+def _blocked(admission: Admission, count: int, admitted: threading.Event) -> threading.Thread:
+    """A submitter of ``count`` that blocks for room; returned once it waits."""
+
+    def submit() -> None:
+        admission.acquire(count)
+        admitted.set()
+
+    thread = threading.Thread(target=submit)
+    before = len(admission._waiting)
+    thread.start()
+    assert _until(lambda: len(admission._waiting) > before)
+    return thread
+
+
+def _until(condition: object, timeout: float = WAIT_S) -> bool:
+    done = threading.Event()
+    deadline = threading.Timer(timeout, done.set)
+    deadline.start()
+    try:
+        while not done.is_set():
+            if condition():  # type: ignore[operator]
+                return True
+            done.wait(0.001)
+        return False
+    finally:
+        deadline.cancel()
+
+
+def test_a_release_wakes_blocked_submitters_only_when_the_smallest_one_fits() -> None:
+    admission = Admission(10, WAIT_S)
+    counting = _CountingCondition()
+    admission._cond = counting
+    admission.acquire(10)
+    big, small = threading.Event(), threading.Event()
+    waiting_big = _blocked(admission, 5, big)
+    for _ in range(3):
+        admission.release(1)  # 3 free: the submitter of 5 is not woken for nothing
+    assert counting.wakeups == 0 and not big.is_set()
+    waiting_small = _blocked(admission, 4, small)
+    admission.release(1)  # 4 free: the submitter of 4 fits (the one of 5 does not)
+    assert counting.wakeups == 1
+    assert small.wait(WAIT_S) and not big.is_set()
+    admission.release(4)  # 4 free: still not enough for 5, nobody is woken
+    assert counting.wakeups == 1 and not big.is_set()
+    admission.release(1)  # 5 free: the submitter of 5 fits
+    assert big.wait(WAIT_S)
+    waiting_big.join(WAIT_S)
+    waiting_small.join(WAIT_S)
+    assert counting.wakeups == 2 and admission.in_use == 10 and admission._waiting == []

@@ -50,6 +50,38 @@ def test_freeze_thaw_round_trip_and_immutability(value: object) -> None:
     assert json.loads(json.dumps(thaw_json(frozen))) == json.loads(json.dumps(value))
 
 
+flat_objects = st.dictionaries(
+    st.text(max_size=8),
+    st.none() | st.booleans() | st.integers() | st.text(max_size=300),
+    max_size=6,
+)
+
+
+@given(flat_objects)
+def test_a_flat_object_is_frozen_with_its_text_as_the_general_path_freezes_it(
+    value: dict[str, object],
+) -> None:
+    frozen = freeze_json(value)
+    general = freeze_json({**value, "float": 0.5})  # a float: the general path
+    assert type(frozen) is type(general) and frozen == {
+        k: v for k, v in general.items() if k != "float"
+    }
+    assert thaw_json(frozen) == value and frozen is not value
+    value.clear()  # the frozen copy is its own
+    text = json.dumps(thaw_json(frozen), separators=(",", ":"), ensure_ascii=False)
+    kept = getattr(frozen, "_text", None)
+    assert kept == (text if len(text) <= 256 else None) or not frozen
+    assert json_size(frozen) == len(text.encode())
+
+
+def test_a_flat_object_with_a_bad_value_or_key_still_fails_in_the_general_path() -> None:
+    with pytest.raises(ValueError, match="keys"):
+        freeze_json({"a": 1, 2: "b"})
+    with pytest.raises(ValueError, match="JSON number"):
+        freeze_json({"a": 1, "f": float("inf")})
+    assert freeze_json({"f": 1.5, "n": None}) == {"f": 1.5, "n": None}
+
+
 @pytest.mark.parametrize(
     "bad",
     [{1: "int key"}, {"s": {1, 2}}, [b"bytes"], float("nan"), object(), {"d": datetime.now()}],
