@@ -100,12 +100,14 @@ def freeze_json(value: Any, _depth: int = 0) -> Any:
     is refused, so a payload is always portable to every store.
     """
     if type(value) is dict:
-        # The commonest payload and result: a small flat object of strings, integers,
-        # booleans and nulls. One pass checks it (floats take the general path, for their
-        # finiteness), and its text is made at once: the size check at submit and the
-        # store's packing of the finished task need it anyway.
+        # The commonest payload and result: a small flat object of strings, numbers,
+        # booleans and nulls. One pass checks it, and its text is made at once: the size
+        # check at submit and the store's packing of the finished task need it anyway.
         for key, item in value.items():
-            if type(key) is not str or type(item) not in _FLAT_EXACT:
+            if type(key) is not str:
+                break
+            kind = type(item)
+            if kind not in _FLAT_EXACT and (kind is not float or not _isfinite(item)):
                 break
         else:
             return _flat_frozen(value) if value else EMPTY_FROZEN_DICT
@@ -129,6 +131,13 @@ def freeze_json(value: Any, _depth: int = 0) -> Any:
 
 def thaw_json(value: Any) -> Any:
     """Return a plain (mutable) JSON copy of a frozen value, for encoding or for a handler."""
+    if type(value) is FrozenDict:
+        data = value._data
+        for item in data.values():
+            if type(item) not in _FLAT:
+                break
+        else:
+            return data.copy()  # flat: a copy of its dict is the whole thaw
     if isinstance(value, Mapping):
         return {key: thaw_json(item) for key, item in value.items()}
     if isinstance(value, tuple | list):
@@ -166,6 +175,7 @@ _encode_json = _make_encoder()
 _FLAT = frozenset({str, int, float, bool, type(None)})
 _FLAT_EXACT = frozenset({str, int, bool, type(None)})
 """JSON scalars that need no check beyond their type (a float must be finite)."""
+_isfinite = math.isfinite
 _KEPT_TEXT = 256
 """A FrozenDict keeps its JSON text if it is at most this many characters."""
 _new_frozen = object.__new__

@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -804,13 +804,14 @@ class TaskRunner:
             first_sequence=self._require_store().sequence_hint() if self._direct_inserts else 0,
         )
         try:
-            stored: tuple[TaskRecord, ...] | StoreError
+            stored: Sequence[TaskRecord] | StoreError
             if self._direct_inserts:
-                stored = self._insert(records)
+                stored, fresh = self._insert(records)
             else:
                 stored = self._peers.get("journal").ask(
                     Append.fast(records=records, redelivered=False), timeout=60.0
                 )
+                fresh = -1
         except BaseException:
             self._admission.release(len(records))
             raise
@@ -820,18 +821,16 @@ class TaskRunner:
         if self._shared:
             # Stored in the shared queue (the database): not in this runner's queue.
             self._admission.release(len(records))
-        else:
-            duplicates = sum(
-                1
-                for s, r in zip(stored, records, strict=True)
-                if s.task_id is not r.task_id and s.task_id != r.task_id
-            )
-            self._admission.release(duplicates)
+        elif fresh != len(records):  # duplicates (of stored tasks) take no place in it
+            if fresh < 0:
+                fresh = len(new_records(stored, records))
+            self._admission.release(len(records) - fresh)
         return [TaskHandle(self, record.task_id) for record in stored]
 
-    def _insert(self, records: tuple[TaskRecord, ...]) -> tuple[TaskRecord, ...]:
+    def _insert(self, records: tuple[TaskRecord, ...]) -> tuple[list[TaskRecord], int]:
         """Store new tasks from the calling thread and hand them to the queue (a store with
-        ``concurrent_inserts``: no round trip through the journal's thread)."""
+        ``concurrent_inserts``: no round trip through the journal's thread); return the
+        records as stored and how many of them are new tasks (not duplicates)."""
         store = self._require_store()
         # One submitter at a time from the insert to the tell: the queue then gets tasks
         # in the order of their store sequences (FIFO among equal priorities, the order a
@@ -841,7 +840,7 @@ class TaskRunner:
             fresh = new_records(stored, records)
             if fresh:
                 hand_to_queue(fresh, self._peers, self._hub)
-        return tuple(stored)
+        return stored, len(fresh)
 
     def _check_spec(self, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
         validated = simple_spec(spec)  # {"type", "payload", "priority"}, cheaply; else None

@@ -194,6 +194,9 @@ class MemoryStore(TaskStore):
             if not inserts and self._update_live(updates):
                 count_commit(self._stats, 0, 0, len(updates))
                 return []
+            if not updates and self._insert_new(inserts):
+                count_commit(self._stats, len(inserts), 0, 0)
+                return list(inserts)
             batch = _Batch(self)
             try:
                 stored = [batch.insert(record) for record in inserts]
@@ -234,6 +237,31 @@ class MemoryStore(TaskStore):
             tasks[task_int] = entry
             counts[state] += 1
             counts[old_state] -= 1
+        return True
+
+    def _insert_new(self, inserts: Sequence[TaskRecord]) -> bool:
+        """The submit path's batch, written without an undo log: distinct new tasks, live,
+        without idempotency keys, made with the store's sequence hint (so stored as they
+        are). Everything is checked before anything is written. False, having changed
+        nothing, for any other batch: the general path (:class:`_Batch`) decides it."""
+        tasks = self._tasks
+        sequence = self._next_sequence
+        for offset, record in enumerate(inserts):
+            if (
+                record.sequence != sequence + offset
+                or record.spec.idempotency_key is not None
+                or record.task_id.int in tasks
+                or record.state in TERMINAL_STATES
+            ):
+                return False
+        if len(inserts) > 1 and len({record.task_id.int for record in inserts}) < len(inserts):
+            return False  # one task twice in the batch: the general path keeps the first
+        for record in inserts:
+            tasks[record.task_id.int] = record
+        counts = self._counts
+        for record in inserts:
+            counts[record.state] += 1
+        self._next_sequence = sequence + len(inserts)
         return True
 
     # -- reads ---------------------------------------------------------------------------

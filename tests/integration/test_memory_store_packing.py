@@ -265,6 +265,9 @@ class _GeneralPathOnly(MemoryStore):
     def _update_live(self, updates: Any) -> bool:
         return False
 
+    def _insert_new(self, inserts: Any) -> bool:
+        return False
+
 
 _CHANGES = st.sampled_from(["state", "same_key", "new_key", "sequence", "unknown", "twice"])
 
@@ -337,3 +340,44 @@ def test_a_record_made_from_the_sequence_hint_is_stored_as_it_is(store: MemorySt
     assert [r.sequence for r in again] == [5, 6]
     assert all(a is not s and a.task_id == s.task_id for a, s in zip(again, stale, strict=True))
     assert [r.sequence for r in store.list_tasks()] == [1, 2, 3, 4, 5, 6]
+
+
+_INSERTS = st.sampled_from(["hinted", "stale", "key", "stored", "twice", "finished"])
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.lists(_INSERTS, min_size=1, max_size=5), min_size=1, max_size=6))
+def test_plain_inserts_store_what_the_general_path_stores(batches: list[list[str]]) -> None:
+    """Batches of inserts (records made from the sequence hint, stale sequences,
+    idempotency keys new or taken, tasks already stored, one task twice in a batch,
+    finished ones): both stores answer the same records and end with the same tasks,
+    counts and statistics; a record made from the hint is stored as it is."""
+    fast, general = MemoryStore().open(), _GeneralPathOnly().open()
+    stored_ids: list[uuid.UUID] = []
+    for number, batch in enumerate(batches):
+        hint = fast.sequence_hint()
+        assert hint == general.sequence_hint()
+        inserts: list[TaskRecord] = []
+        for offset, kind in enumerate(batch):
+            sequence = hint + len(inserts) if kind != "stale" else max(1, hint - 1)
+            record = make_record(sequence=sequence)
+            if kind == "key":
+                record = make_record(sequence=sequence, key=f"k{number % 2}")
+            elif kind == "stored" and stored_ids:
+                record = make_record(
+                    sequence=sequence, task_id=stored_ids[offset % len(stored_ids)]
+                )
+            elif kind == "finished":
+                record = moved(record, TaskState.COMPLETED)
+            inserts.append(record)
+            if kind == "twice":  # the same task again, at the next sequence
+                inserts.append(record.model_copy(update={"sequence": sequence + 1}))
+        answers = [store.apply(inserts, ()) for store in (fast, general)]
+        assert answers[0] == answers[1]
+        plain = all(k == "hinted" for k in batch)
+        if plain:
+            assert all(a is r for a, r in zip(answers[0], inserts, strict=True))
+        assert fast.list_tasks() == general.list_tasks()
+        assert fast.counts() == general.counts()
+        assert fast.statistics() == general.statistics()
+        stored_ids = [record.task_id for record in fast.list_tasks()]

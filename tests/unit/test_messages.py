@@ -52,7 +52,11 @@ def test_freeze_thaw_round_trip_and_immutability(value: object) -> None:
 
 flat_objects = st.dictionaries(
     st.text(max_size=8),
-    st.none() | st.booleans() | st.integers() | st.text(max_size=300),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=300),
     max_size=6,
 )
 
@@ -62,9 +66,9 @@ def test_a_flat_object_is_frozen_with_its_text_as_the_general_path_freezes_it(
     value: dict[str, object],
 ) -> None:
     frozen = freeze_json(value)
-    general = freeze_json({**value, "float": 0.5})  # a float: the general path
+    general = freeze_json({**value, "a key longer than 8": [1]})  # not flat: the general path
     assert type(frozen) is type(general) and frozen == {
-        k: v for k, v in general.items() if k != "float"
+        k: v for k, v in general.items() if k != "a key longer than 8"
     }
     assert thaw_json(frozen) == value and frozen is not value
     value.clear()  # the frozen copy is its own
@@ -79,6 +83,8 @@ def test_a_flat_object_with_a_bad_value_or_key_still_fails_in_the_general_path()
         freeze_json({"a": 1, 2: "b"})
     with pytest.raises(ValueError, match="JSON number"):
         freeze_json({"a": 1, "f": float("inf")})
+    with pytest.raises(ValueError, match="JSON number"):
+        freeze_json({"a": 1, "f": float("nan")})
     assert freeze_json({"f": 1.5, "n": None}) == {"f": 1.5, "n": None}
 
 
