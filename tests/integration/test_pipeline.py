@@ -95,6 +95,39 @@ def test_submit_runs_the_task_and_returns_its_result(
     assert record.agent_id == "a1"
 
 
+def test_a_started_task_is_running_in_the_store_before_its_handler_runs(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    """The executor gives a worker its job only at the end of its turn, after the
+    RUNNING version is written (memory://: by the executor itself), so a handler always
+    finds its task RUNNING in this attempt (without a prefetch: a prefetched task is
+    made RUNNING as its worker takes it)."""
+    runner = make_runner(prefetch_window_ms=0.0, prefetch=0.0)
+    seen: list[tuple[TaskState, int]] = []
+    store = runner._require_store()
+    write = store.apply
+    pause = threading.Event()  # never set: a short wait that lets other threads run
+
+    def slow_write(inserts: Any, updates: Any) -> Any:
+        # A write that gives up the interpreter first: a worker given its job before
+        # the write would run its handler now, and find its task still QUEUED.
+        if any(record.state is TaskState.RUNNING for record in updates):
+            pause.wait(0.002)
+        return write(inserts, updates)
+
+    store.apply = slow_write  # type: ignore[method-assign]
+
+    def look(task: TaskContext) -> None:
+        record = runner.get(task.task_id)
+        seen.append((record.state, record.attempt))
+
+    runner.register_agent(agent(concurrency=2), look)
+    handles = runner.submit_many([{"type": "code"} for _ in range(40)])
+    for handle in handles:
+        handle.result(WAIT_S)
+    assert seen == [(TaskState.RUNNING, 1)] * 40
+
+
 def test_keyword_and_mapping_submits_are_validated_the_same(
     make_runner: Callable[..., TaskRunner],
 ) -> None:
