@@ -603,12 +603,10 @@ class AgentExecutor(Actor):
                 jobs.append(context)
             self._watch_timeout(run)
 
-    def _launch(self, context: TaskContext) -> Future[Any] | None:
+    def _launch(self, context: TaskContext) -> Future[Any]:
+        """Start an attempt on the async handler's event loop (a sync handler's attempts
+        are jobs, put at the end of the turn: :meth:`_put_jobs`)."""
         state = self.state
-        if not state.is_async:
-            assert state.pool is not None
-            state.pool.submit(context)
-            return None
         assert state.loop is not None
         future: Future[Any] = asyncio.run_coroutine_threadsafe(state.handler(context), state.loop)
         report = state.report_done
