@@ -103,14 +103,17 @@ def freeze_json(value: Any, _depth: int = 0) -> Any:
         # The commonest payload and result: a small flat object of strings, numbers,
         # booleans and nulls. One pass checks it, and its text is made at once: the size
         # check at submit and the store's packing of the finished task need it anyway.
+        chars = 0  # of its strings: a long one makes a text too long to keep
         for key, item in value.items():
             if type(key) is not str:
                 break
             kind = type(item)
-            if kind not in _FLAT_EXACT and (kind is not float or not _isfinite(item)):
+            if kind is str:
+                chars += len(item)
+            elif kind not in _FLAT_EXACT and (kind is not float or not _isfinite(item)):
                 break
         else:
-            return _flat_frozen(value) if value else EMPTY_FROZEN_DICT
+            return _flat_frozen(value, chars <= _KEPT_TEXT) if value else EMPTY_FROZEN_DICT
     if _depth > 64:
         raise ValueError("JSON value nested deeper than 64 levels")
     if isinstance(value, _SCALARS):
@@ -184,15 +187,16 @@ _set_frozen_hash = FrozenDict.__dict__["_hash"].__set__
 _set_frozen_text = FrozenDict.__dict__["_text"].__set__
 
 
-def _flat_frozen(data: dict[str, Any]) -> FrozenDict:
+def _flat_frozen(data: dict[str, Any], short: bool) -> FrozenDict:
     """``FrozenDict(data)`` for a non-empty flat object of exact JSON scalar types (checked
-    by the caller), with its text when it is short."""
+    by the caller), with its text if it is ``short`` enough to be kept (a long one is made
+    once, when asked for: it is not kept, so making it here would make it twice)."""
     frozen: FrozenDict = _new_frozen(FrozenDict)
     copy = data.copy()
     _set_frozen_data(frozen, copy)
     _set_frozen_hash(frozen, None)
-    text = _encode_json(copy)
-    _set_frozen_text(frozen, text if len(text) <= _KEPT_TEXT else None)
+    text = _encode_json(copy) if short else None
+    _set_frozen_text(frozen, text if text is not None and len(text) <= _KEPT_TEXT else None)
     return frozen
 
 

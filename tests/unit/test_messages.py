@@ -78,6 +78,27 @@ def test_a_flat_object_is_frozen_with_its_text_as_the_general_path_freezes_it(
     assert json_size(frozen) == len(text.encode())
 
 
+@pytest.mark.parametrize(("text", "encodings"), [("x" * 200, 1), ("x" * 5000, 1)])
+def test_a_flat_payload_is_encoded_once_for_freezing_and_sizing(
+    monkeypatch: pytest.MonkeyPatch, text: str, encodings: int
+) -> None:
+    """A short flat object's text is made as it is frozen and kept for the size check; a
+    long one's is not made until asked for (it is not kept, so it would be made twice)."""
+    import messages.base as base
+
+    calls: list[object] = []
+    encode = base._encode_json
+
+    def counting(value: object) -> str:
+        calls.append(value)
+        return encode(value)
+
+    monkeypatch.setattr(base, "_encode_json", counting)
+    frozen = freeze_json({"blob": text, "n": 1})
+    assert json_size(frozen) == len(text) + len('{"blob":"","n":1}')
+    assert len(calls) == encodings
+
+
 def test_a_flat_object_with_a_bad_value_or_key_still_fails_in_the_general_path() -> None:
     with pytest.raises(ValueError, match="keys"):
         freeze_json({"a": 1, 2: "b"})
