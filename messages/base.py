@@ -101,8 +101,8 @@ def freeze_json(value: Any, _depth: int = 0) -> Any:
     """
     if type(value) is dict:
         # The commonest payload and result: a small flat object of strings, numbers,
-        # booleans and nulls. One pass checks it, and its text is made at once: the size
-        # check at submit and the store's packing of the finished task need it anyway.
+        # booleans and nulls. One pass checks it, and a short one's text is made at once:
+        # the size check at submit and the store's packing of the finished task need it.
         chars = 0  # of its strings: a long one makes a text too long to keep
         for key, item in value.items():
             if type(key) is not str:

@@ -805,13 +805,13 @@ class TaskRunner:
         )
         try:
             stored: Sequence[TaskRecord] | StoreError
+            fresh: int | None = None  # how many are new tasks (not duplicates), if known
             if self._direct_inserts:
                 stored, fresh = self._insert(records)
             else:
                 stored = self._peers.get("journal").ask(
                     Append.fast(records=records, redelivered=False), timeout=60.0
                 )
-                fresh = -1
         except BaseException:
             self._admission.release(len(records))
             raise
@@ -821,8 +821,8 @@ class TaskRunner:
         if self._shared:
             # Stored in the shared queue (the database): not in this runner's queue.
             self._admission.release(len(records))
-        elif fresh != len(records):  # duplicates (of stored tasks) take no place in it
-            if fresh < 0:
+        else:  # duplicates (of stored tasks) take no place in the queue
+            if fresh is None:
                 fresh = len(new_records(stored, records))
             self._admission.release(len(records) - fresh)
         return [TaskHandle(self, record.task_id) for record in stored]
