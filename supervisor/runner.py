@@ -53,7 +53,15 @@ from actors.health import HealthActor, HealthCheck, HealthState, RegisterCheck
 from actors.journal.actor import JournalActor, JournalState, hand_to_queue, new_records
 from actors.journal.store import TaskStore, open_store
 from actors.performance import PerformanceActor, PerformanceState
-from actors.pipeline import Admission, EventHub, Peers, ResultWaiters, SystemClock, Wiring
+from actors.pipeline import (
+    Admission,
+    EventHub,
+    Peers,
+    ResultWaiters,
+    SystemClock,
+    Wiring,
+    ring,
+)
 from actors.pipeline import Clock as Clock
 from actors.queue import QueueActor, QueueState
 from actors.registry import RegistryActor, RegistryState
@@ -565,17 +573,19 @@ class TaskRunner:
     def _arm_pickup(self) -> None:
         """Tell the journal to look for other processes' tasks in pickup_interval_s, and
         again after that, until the runner stops."""
+        self._require_system().runtime.timers.call_later(
+            self.config.pickup_interval_s, self._pickup_tick
+        )
 
-        def look() -> None:
-            if self._stopped:
-                return
-            try:
-                self._peers.get("journal").tell(Pickup.fast(full=False))
-            except ActorStopped:
-                return  # stopping
-            self._arm_pickup()
-
-        self._require_system().runtime.timers.call_later(self.config.pickup_interval_s, look)
+    def _pickup_tick(self) -> None:
+        """On the timer thread: one look for other processes' tasks, then the next one
+        armed. It rings as the journal's alarm: a runner that stops between the check
+        and the ring (the journal stopped first) drops it quietly, not as a dead letter;
+        a missed look loses nothing (the next start picks up what the store holds)."""
+        if self._stopped:
+            return
+        ring(self._peers.get("journal"), Pickup.fast(full=False))
+        self._arm_pickup()
 
     def _recover(self) -> None:
         """Put the store's unfinished tasks back in the pipeline (after a restart)."""

@@ -214,3 +214,19 @@ def test_the_sweep_finds_an_old_requeued_task_a_stretch_at_a_time(
         other.stop(drain=False)
     assert looks(runner, 4) == [0, 1, 0, 0]  # heads 21-30, then 31-36 with it
     assert runner.wait(dead.task_id, WAIT_S).state is TaskState.DEAD_LETTERED  # ran again
+
+
+def test_a_look_that_meets_a_stopped_journal_is_dropped_not_dead_lettered(url: str) -> None:
+    """The runner's periodic look is the journal's alarm: when the journal has stopped
+    first (a runner stopping between its check and the ring), it rings for nobody, as
+    nothing is lost by it, instead of a `supervisor.dead_letter` warning at shutdown."""
+    runner = TaskRunner.start(RunnerConfig(store=url, pickup_interval_s=60.0))
+    try:
+        system = runner.system
+        before = [letter for letter in system.dead_letters() if type(letter.message) is Pickup]
+        system.stop_child("journal")
+        runner._pickup_tick()  # as the timer would, with the runner not stopped yet
+        after = [letter for letter in system.dead_letters() if type(letter.message) is Pickup]
+        assert after == before == []
+    finally:
+        runner.stop(drain=False)
