@@ -256,10 +256,9 @@ class MemoryStore(TaskStore):
                 return False
         if len(inserts) > 1 and len({record.task_id.int for record in inserts}) < len(inserts):
             return False  # one task twice in the batch: the general path keeps the first
-        for record in inserts:
-            tasks[record.task_id.int] = record
         counts = self._counts
         for record in inserts:
+            tasks[record.task_id.int] = record
             counts[record.state] += 1
         self._next_sequence = sequence + len(inserts)
         return True
