@@ -34,7 +34,7 @@ import structlog
 
 from actors.base import Actor, ActorContext
 from actors.dead_letters import DeadLetterOffice
-from actors.immutability import check_immutable, register_immutable
+from actors.immutability import check_immutable, known_frozen, register_immutable
 from messages.errors import ActorHung, ActorStopped
 from messages.supervision import (
     ActorStatistics,
@@ -870,18 +870,21 @@ class ActorRef:
 
     def tell(self, message: Any) -> None:
         """Send ``message`` without waiting; it is delivered in order, or dead-lettered."""
-        check_immutable(message)
+        if known_frozen(type(message)) is not True:
+            check_immutable(message)
         self._cell.post(_Letter(message, None))
 
     def alarm(self, message: Any) -> None:
         """Deliver the actor's own alarm (a timer it armed): like :meth:`tell`, except
         that an actor stopped before handling it drops it quietly (not a dead letter)."""
-        check_immutable(message)
+        if known_frozen(type(message)) is not True:
+            check_immutable(message)
         self._cell.post(_Alarm(message, None))
 
     def ask_future(self, message: Any) -> pykka.ThreadingFuture[Any]:
         """Send ``message`` and return a future of the actor's answer."""
-        check_immutable(message)
+        if known_frozen(type(message)) is not True:
+            check_immutable(message)
         future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
         self._cell.post(_Letter(message, future))
         return future

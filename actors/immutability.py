@@ -7,7 +7,7 @@ import datetime
 import decimal
 import enum
 import uuid
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel
 
@@ -51,6 +51,11 @@ def _class_is_frozen(cls: type) -> bool:
             verdict = False
         _CLASS_VERDICT[cls] = verdict
     return verdict
+
+
+known_frozen: Final = _CLASS_VERDICT.get
+"""``known_frozen(type(message)) is True``: a class already found frozen, so the message
+needs no :func:`check_immutable` call (a C-level lookup on the hot path of ``tell``)."""
 
 
 def register_immutable(cls: type) -> None:

@@ -110,7 +110,10 @@ class Admission:
     def __init__(self, capacity: int, block_timeout_s: float | None) -> None:
         self.capacity = capacity
         self.block_timeout_s = block_timeout_s
-        self._cond = threading.Condition(threading.Lock())
+        # Taken directly (``with self._lock``): a Condition's own ``with`` is two Python
+        # calls on the submit path and the queue's; waiting and notifying use ``_cond``.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._held = 0
         # What each submitter blocked for room waits for: a release wakes them only when
         # the smallest of these fits (a drained batch at a time frees a few credits; a
@@ -119,7 +122,7 @@ class Admission:
 
     def acquire(self, count: int) -> None:
         """Take ``count`` credits or raise QueueFull (after blocking, if configured)."""
-        with self._cond:
+        with self._lock:
             if self.capacity - self._held >= count:
                 self._held += count
                 return
@@ -144,7 +147,7 @@ class Admission:
         """Give back ``count`` credits (tasks left the queue, or were duplicates)."""
         if count <= 0:
             return
-        with self._cond:
+        with self._lock:
             self._held -= min(count, self._held)
             if self._waiting and self.capacity - self._held >= min(self._waiting):
                 self._cond.notify_all()

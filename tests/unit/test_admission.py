@@ -57,8 +57,8 @@ def test_waiting_ends_in_queue_full_and_an_oversized_batch_fails_at_once() -> No
 class _CountingCondition(threading.Condition):
     """A condition that counts its wake-up calls."""
 
-    def __init__(self) -> None:
-        super().__init__(threading.Lock())
+    def __init__(self, lock: threading.Lock) -> None:
+        super().__init__(lock)
         self.wakeups = 0
 
     def notify_all(self) -> None:
@@ -96,7 +96,7 @@ def _until(condition: object, timeout: float = WAIT_S) -> bool:
 
 def test_a_release_wakes_blocked_submitters_only_when_the_smallest_one_fits() -> None:
     admission = Admission(10, WAIT_S)
-    counting = _CountingCondition()
+    counting = _CountingCondition(admission._lock)  # the lock the admission takes
     admission._cond = counting
     admission.acquire(10)
     big, small = threading.Event(), threading.Event()
