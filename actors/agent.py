@@ -955,8 +955,10 @@ class _Workers:
 
     def replace_stuck(self) -> None:
         """An attempt was given up (timed out, cancelled, abandoned) while its thread may
-        still run it: start a replacement so the agent keeps its concurrency; the first
-        thread to finish a job afterwards retires, so the count comes back to ``size``."""
+        still run it: start a replacement so the agent keeps its concurrency. The thread
+        of the given-up attempt retires when its handler returns (it sees the attempt's
+        cancelled flag), so the count comes back to ``size``; while the handler hangs, the
+        replacement keeps the agent's concurrency for as long as it takes."""
         with self._lock:
             self._excess += 1
             self._start_thread()
@@ -1027,7 +1029,12 @@ class _Workers:
                 report(_failure(context, exc, monotonic()))
             else:
                 report(_success(context, value, monotonic()))
-            if self._excess:
+            if self._excess and context.is_cancelled():
+                # This attempt was given up while it ran (timed out, cancelled, abandoned),
+                # and a replacement took this thread's place: this thread is the surplus.
+                # (Not any thread that happens to finish first: a replacement retiring
+                # while the given-up handler still hangs left the agent a thread short,
+                # with nobody to run its next jobs.)
                 with self._lock:
                     if self._excess:
                         self._excess -= 1

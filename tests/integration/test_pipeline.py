@@ -507,6 +507,30 @@ def test_a_slow_attempt_times_out_and_is_retried(make_runner: Callable[..., Task
     assert "TaskTimeout" in (record.history[0].error or "")
 
 
+def test_an_agent_keeps_its_concurrency_while_a_timed_out_handler_hangs(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    release = threading.Event()
+
+    def hangs_first(task: TaskContext) -> str:
+        if task.payload == "hang":
+            release.wait(WAIT_S * 3)  # ignores its cancellation: a thread lost for a while
+        return str(task.payload)
+
+    runner = make_runner()
+    runner.register_agent(agent(concurrency=1), hangs_first)
+    try:
+        hung = runner.submit(type="code", payload="hang", timeout_s=0.05, max_attempts=1)
+        record = runner.wait(hung.task_id, WAIT_S)
+        assert record.state is TaskState.DEAD_LETTERED  # timed out, no retry left
+        # The one slot is run by the hung thread's replacement, for every task that follows
+        # (not only the first: the replacement used to retire after one job).
+        handles = [runner.submit(type="code", payload=f"next-{n}") for n in range(3)]
+        assert [h.result(WAIT_S) for h in handles] == ["next-0", "next-1", "next-2"]
+    finally:
+        release.set()
+
+
 def test_a_short_timeout_started_after_a_long_one_still_fires_on_time(
     make_runner: Callable[..., TaskRunner],
 ) -> None:
