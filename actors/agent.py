@@ -906,18 +906,19 @@ class _Workers:
     Lighter than a ThreadPoolExecutor on the hot path (no Future per task): a job is a
     hand-off, and each outcome goes to the executor's completion line (``report``).
 
-    An idle worker parks on an inbox of its own, and a job goes straight to the worker
-    that parked last (its cache is the warmest); only while every worker is busy do jobs
-    wait in the shared line, which a worker empties before it parks again. Several
-    threads blocked in one ``queue.SimpleQueue.get`` (the pool's first design) wake each
-    other for nothing: each put woke one, whose release of the queue's lock woke the
-    next, which found nothing and slept again; measured on the benchmark VM at 1,000
-    tasks/s, four workers blocked about 4 times a task (1 is the least: the park after
-    the job), and every wake-up is a thread asking the dispatcher for the interpreter.
+    Jobs wait in one shared line (FIFO), which any awake worker takes from. An idle
+    worker parks on a bell of its own; a submit rings as many parked workers as it adds
+    jobs, the last parked first (its cache is the warmest), and no more. A rung worker
+    may find its job taken by a busier one and parks again. Several threads blocked in
+    one ``queue.SimpleQueue.get`` (the pool's first design) wake each other for nothing:
+    each put woke one, whose release of the queue's lock woke the next, which found
+    nothing and slept again; measured on the benchmark VM at 1,000 tasks/s, four workers
+    blocked about 4 times a task (1 is the least: the park after the job), and every
+    wake-up is a thread asking the dispatcher for the interpreter.
 
-    Invariant (under ``_mutex``): a worker parks only when the line is empty, and a job
-    joins the line only when no worker is parked, so jobs keep their order and none
-    waits while a worker sleeps.
+    Invariant (under ``_mutex``): a worker parks only when the line is empty, and every
+    job added while workers are parked rings one of them, so no job waits while a worker
+    sleeps.
     """
 
     def __init__(
