@@ -7,7 +7,7 @@ runs it on a pykka thread, supervises it and replaces the instance on restart.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ __all__ = ["Actor", "ActorContext"]
 class ActorContext:
     """What an actor knows of its place in the system; set before ``on_start``."""
 
-    __slots__ = ("_cell", "incarnation", "log", "name", "self_ref")
+    __slots__ = ("_cell", "incarnation", "log", "name", "self_ref", "take_pending")
 
     def __init__(
         self,
@@ -36,6 +36,10 @@ class ActorContext:
         self.incarnation = incarnation
         self.log = log
         self._cell = cell
+        self.take_pending: Callable[[int], list[Pending]] = cell.take_pending
+        """Take up to ``limit`` more messages from this actor's mailbox, to handle them
+        together with the current one (group commit). Answer asks with ``reply``. (The
+        cell's own method, bound once: batching actors call it every turn.)"""
 
     def stop_self(self) -> None:
         """Stop this actor normally after the current message (a normal exit).
@@ -51,11 +55,6 @@ class ActorContext:
         seconds. Returns False when the supervisor wants the actor (a stop is waiting):
         give up the message then."""
         return self._cell.still_busy()
-
-    def take_pending(self, limit: int) -> list[Pending]:
-        """Take up to ``limit`` more messages from this actor's mailbox, to handle them
-        together with the current one (group commit). Answer asks with ``reply``."""
-        return self._cell.take_pending(limit)
 
 
 class Actor:

@@ -14,6 +14,7 @@ each a synchronisation primitive rather than data an actor computes with:
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -66,13 +67,11 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clock."""
+    """The real clock. Its methods are the C functions themselves (no Python frame per
+    reading: the actors read the clock several times per task)."""
 
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
+    monotonic = staticmethod(time.monotonic)
+    now = staticmethod(functools.partial(datetime.now, UTC))
 
 
 @dataclass
@@ -198,19 +197,20 @@ class EventHub:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     sink: ActorRef | None = None  # the events actor, which calls subscribers on its thread
 
-    @property
-    def active(self) -> bool:
-        """True when at least one subscriber listens."""
-        return bool(self._subscribers)
+    active: bool = field(default=False, init=False)
+    """True when at least one subscriber listens (a plain attribute, set with the list:
+    every actor reads it several times per task)."""
 
     def subscribe(self, callback: Callable[[LifecycleEvent], None]) -> Callable[[], None]:
         """Add a subscriber; returns a function that removes it."""
         with self._lock:
             self._subscribers = [*self._subscribers, callback]
+            self.active = True
 
         def unsubscribe() -> None:
             with self._lock:
                 self._subscribers = [s for s in self._subscribers if s is not callback]
+                self.active = bool(self._subscribers)
 
         return unsubscribe
 

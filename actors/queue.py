@@ -38,7 +38,9 @@ class QueueState:
     """Survives restarts: the pending tasks, credits held and the router's last demand."""
 
     core: TaskQueueCore = field(default_factory=lambda: TaskQueueCore(sys.maxsize))
-    credited: set[uuid.UUID] = field(default_factory=set)
+    # Ids (``task_id.int``: an int hashes in C, a UUID in Python) of queued tasks that
+    # hold a credit of the runner's admission.
+    credited: set[int] = field(default_factory=set)
     demand: list[list[Any]] = field(default_factory=list)  # [[capabilities, free], ...]
     known_capabilities: tuple[frozenset[str], ...] = ()
     timer: TickTimer = field(default_factory=TickTimer)
@@ -123,7 +125,7 @@ class QueueActor(Actor):
                 continue  # a redelivered message: this task is queued already
             push(record)
             if credited is not None:
-                credited.add(task_id)
+                credited.add(task_id.int)
             if listening:
                 hub.publish("task.queued", task_id, priority=record.spec.priority)
         return False
@@ -172,8 +174,9 @@ class QueueActor(Actor):
         credited = self.state.credited
         released = 0
         for record in records:
-            if record.task_id in credited:
-                credited.discard(record.task_id)
+            key = record.task_id.int
+            if key in credited:
+                credited.discard(key)
                 released += 1
         self.wiring.admission.release(released)
 

@@ -47,7 +47,9 @@ class RouterState:
     core: RouterCore
     views: dict[str, AgentView] = field(default_factory=dict)
     refs: dict[str, ActorRef] = field(default_factory=dict)
-    inflight: dict[str, set[uuid.UUID]] = field(default_factory=dict)
+    # Per agent, the ids (``task_id.int``: an int hashes in C, a UUID in Python) of the
+    # tasks assigned to it and not yet released.
+    inflight: dict[str, set[int]] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
     """Per agent: the smoothed latency of its attempts (for an adaptive prefetch)."""
     backlog: deque[tuple[TaskRecord, float]] = field(default_factory=deque)
@@ -133,7 +135,7 @@ class RouterActor(Actor):
         if tasks is not None:
             discard = tasks.discard
             for outcome in message.outcomes:
-                discard(outcome[0])
+                discard(outcome[0].int)
         state.core.record_outcomes(agent_id, message.outcomes)
         view = state.views.get(agent_id)
         if view is not None and tasks is not None:
@@ -213,7 +215,7 @@ class RouterActor(Actor):
             if agent_id is None:
                 waiting.append((record, ready_at))
                 continue
-            inflight.setdefault(agent_id, set()).add(record.task_id)
+            inflight.setdefault(agent_id, set()).add(record.task_id.int)
             assigned.setdefault(agent_id, []).append(record)
             latencies.append(ready_at)
         waiting.extend(backlog)
@@ -249,7 +251,7 @@ class RouterActor(Actor):
                 continue
             agent_id = decision.agent_id
             tasks = inflight.setdefault(agent_id, set())
-            tasks.add(record.task_id)
+            tasks.add(record.task_id.int)
             updated = views[agent_id].evolve(load=len(tasks))
             views[agent_id] = updated
             view_list[position[agent_id]] = updated

@@ -76,7 +76,7 @@ def test_freed_slots_waiting_together_make_one_demand(make_system: Any) -> None:
     state.views["a1"] = AgentView(
         agent_id="a1", capabilities=frozenset({"noop"}), max_concurrency=3, load=3
     )
-    state.inflight["a1"] = set(running)
+    state.inflight["a1"] = {task_id.int for task_id in running}
 
     def demands() -> list[int]:
         return [sum(free for _, free in m.slots) for _, m in queue_log if isinstance(m, Demand)]
