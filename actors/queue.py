@@ -48,6 +48,7 @@ class QueueState:
     cancelled: int = 0
     dispatched: int = 0  # tasks sent to the router in all (the router counts receipts)
     refill_below: int | None = None  # shared mode: wake the claimer below this depth
+    grant: int = 0  # the number of the Demand held (echoed in TasksReady with the credits)
 
 
 class QueueActor(Actor):
@@ -112,6 +113,7 @@ class QueueActor(Actor):
                 in_transit -= used
                 demand.append([caps, free - used])
             state.demand = demand
+            state.grant = message.grant
             state.known_capabilities = tuple(caps for caps, _ in message.slots)
             return True
         core = state.core
@@ -151,7 +153,11 @@ class QueueActor(Actor):
         self._release_credits(ready)
         self.wiring.peers.get("router").tell(
             TasksReady.fast(
-                records=tuple(ready), ready_at=self.wiring.clock.monotonic(), redelivered=False
+                records=tuple(ready),
+                ready_at=self.wiring.clock.monotonic(),
+                redelivered=False,
+                grant=state.grant,
+                credits=tuple([slot[1] for slot in state.demand]),
             )
         )
 

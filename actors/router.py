@@ -34,7 +34,7 @@ from messages.pipeline import (
 from messages.routing import AgentView
 from messages.task import TaskRecord, TaskState
 
-__all__ = ["RouterActor", "RouterState"]
+__all__ = ["RouterActor", "RouterState", "enough_left"]
 
 DEMAND_REFRESH_S = 1.0
 """The router repeats its demand this often while it has free slots (a lost Demand heals)."""
@@ -56,6 +56,13 @@ class RouterState:
     timer: TickTimer = field(default_factory=TickTimer)
     unreported: HeldReports[float] = field(default_factory=HeldReports)  # routing ms, to send
     routed: int = 0
+    grant: int = 0
+    """The number of the last Demand sent (the queue echoes it in TasksReady)."""
+    credits: tuple[int, ...] | None = None
+    """The queue's free slots left of that Demand, per slot, as its last TasksReady for it
+    said; None until one says (then the router knows nothing of what is left)."""
+    demand_held: bool = False
+    """A Demand was skipped because the queue had enough left (see ``_send_demand``)."""
     received: int = 0
     returned: int = 0
 
@@ -92,8 +99,10 @@ class RouterActor(Actor):
                 self.batch_limit,
             )
             self._route_backlog()
-            if freed:  # (new tasks alone change nothing the queue does not know)
-                self._send_demand()
+            # New tasks alone change nothing the queue does not know, unless a Demand is
+            # held: they used up some of what the queue had left.
+            if freed or self.state.demand_held:
+                self._send_demand(lazy=True)
         elif isinstance(message, AgentsSnapshot):
             self._snapshot(message)
         elif isinstance(message, Tick):
@@ -127,6 +136,8 @@ class RouterActor(Actor):
         state = self.state
         if isinstance(message, TasksReady):
             state.received += len(message.records)
+            if message.grant == state.grant:  # (else sent before the queue had the last)
+                state.credits = message.credits
             ready_at = message.ready_at
             state.backlog.extend((record, ready_at) for record in message.records)
             return False
@@ -301,7 +312,13 @@ class RouterActor(Actor):
                 Enqueue.fast(records=tuple(back), admitted=False, redelivered=False)
             )
 
-    def _send_demand(self) -> None:
+    def _send_demand(self, *, lazy: bool = False) -> None:
+        """Tell the queue how many tasks the agents can take now. ``lazy``: not if the
+        queue has enough left of the last Demand (see :func:`enough_left`); the Demand is
+        then held, and sent when a TasksReady shows the queue running low, or at the
+        refresh tick. At a low load this spares the queue a turn for most tasks: each
+        completion frees a slot, but the queue still has the credit to send the next
+        task the moment it comes."""
         state = self.state
         # Ask for what the agents have room for: their free slots plus, with a prefetch,
         # their buffers (tasks an agent holds to start the moment a slot frees, without a
@@ -317,9 +334,18 @@ class RouterActor(Actor):
             waiting -= used
             wanted.append((view.capabilities, want - used))
         slots = tuple(wanted)
-        self.wiring.peers.get("queue").tell(Demand.fast(slots=slots, received=state.received))
+        now = self.wiring.clock.monotonic()
+        if lazy and enough_left(state.credits, slots):
+            state.demand_held = True
+            state.timer.arm(self.wiring.timers, self.context.self_ref, now + DEMAND_REFRESH_S, now)
+            return
+        state.grant += 1
+        state.credits = None
+        state.demand_held = False
+        self.wiring.peers.get("queue").tell(
+            Demand.fast(slots=slots, received=state.received, grant=state.grant)
+        )
         if any(free for _, free in slots) or state.backlog:
-            now = self.wiring.clock.monotonic()
             state.timer.arm(self.wiring.timers, self.context.self_ref, now + DEMAND_REFRESH_S, now)
 
     def _cancel(self, task_id: uuid.UUID) -> bool:
@@ -333,3 +359,20 @@ class RouterActor(Actor):
                     self.wiring.hub.publish("task.cancelled", task_id, where="router")
                 return True
         return False
+
+
+def enough_left(
+    credits: tuple[int, ...] | None, slots: tuple[tuple[frozenset[str], int], ...]
+) -> bool:
+    """True when a Demand of ``slots`` need not be sent yet: the queue's ``credits`` left
+    of the last one (known, for the same slots) are, for each slot, at most what is
+    wanted now (never more: a slot wanted down, e.g. of an agent gone unhealthy, must
+    reach the queue at once) and at least half of it (so a burst of new tasks goes out
+    at once, half a demand at least, before the queue runs low and the Demand is sent).
+    """
+    if credits is None or len(credits) != len(slots):
+        return False
+    for left, (_, want) in zip(credits, slots, strict=True):
+        if left > want or 2 * left < want:
+            return False
+    return True

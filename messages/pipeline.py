@@ -88,6 +88,7 @@ class Demand(Message):
 
     slots: tuple[tuple[frozenset[str], int], ...]
     received: int = 0  # tasks the router has received from the queue in all, so far
+    grant: int = 0  # the router's number of this demand (echoed back in TasksReady)
 
 
 class TasksReady(CarriesTasks):
@@ -95,6 +96,11 @@ class TasksReady(CarriesTasks):
 
     records: tuple[TaskRecord, ...]
     ready_at: float = 0.0  # monotonic time they left the queue (routing latency)
+    # The queue's demand after this dispatch: the ``grant`` number of the Demand it holds
+    # and the free slots left of each of its slots (in that Demand's order). The router
+    # skips a Demand the queue does not need yet (see RouterActor._send_demand).
+    grant: int = 0
+    credits: tuple[int, ...] = ()
 
 
 class Assign(CarriesTasks):

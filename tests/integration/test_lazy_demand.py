@@ -1,0 +1,183 @@
+"""The router holds a Demand the queue does not need yet.
+
+The queue echoes, in every TasksReady, the number of the Demand it holds and the free
+slots it has left of it. A freed slot then needs no Demand while the queue still has at
+least half of what is wanted (and not more): at a low load that spares the queue a turn
+for most tasks. The Demand goes out as soon as a TasksReady shows the queue running low,
+when what is wanted drops below what the queue has, or at the refresh tick.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors.core.router import RouterCore
+from actors.pipeline import Admission, EventHub, Peers, ResultWaiters, SystemClock, Wiring
+from actors.queue import QueueActor, QueueState
+from actors.router import DEMAND_REFRESH_S, RouterActor, RouterState, enough_left
+from actors.timers import TimerService
+from messages.pipeline import Assign, Demand, Enqueue, Released, TasksReady
+from messages.routing import AgentView
+from messages.supervision import GetStatistics
+from supervisor import ActorSystem, ChildSpec
+from tests.conftest import wait_for
+from tests.integration.test_journal_contract import make_record
+from tests.integration.test_supervision import recorder
+
+WORK = frozenset({"work"})
+
+
+@pytest.fixture
+def still_timers() -> TimerService:
+    """A timer service whose time stands still: it takes timers and never runs them (its
+    thread is stopped), so no refresh tick sends a Demand in the middle of a test."""
+    timers = TimerService("still-timers")
+    timers.stop()
+    return timers
+
+
+def _router(
+    system: ActorSystem, timers: TimerService, max_concurrency: int = 4
+) -> tuple[Any, RouterState, list[tuple[int, Any]], list[tuple[int, Any]]]:
+    """A router with one idle agent ``a1`` (no prefetch buffer); the queue, the agent and
+    the performance tracker are recorders. Returns the router, its state, the queue's log
+    and the agent's log."""
+    queue_log: list[tuple[int, Any]] = []
+    agent_log: list[tuple[int, Any]] = []
+    peers = Peers()
+    peers.queue = system.spawn(ChildSpec(name="queue", factory=recorder(queue_log)))
+    peers.performance = system.spawn(ChildSpec(name="performance", factory=recorder([])))
+    wiring = Wiring(
+        peers=peers,
+        clock=SystemClock(),
+        hub=EventHub(),
+        timers=timers,
+        waiters=ResultWaiters(),
+        admission=Admission(100, None),
+    )
+    state = RouterState(RouterCore("least_loaded"))
+    state.views["a1"] = AgentView(
+        agent_id="a1", capabilities=WORK, max_concurrency=max_concurrency, load=0
+    )
+    state.refs["a1"] = system.spawn(ChildSpec(name="a1", factory=recorder(agent_log)))
+    router = system.spawn(ChildSpec(name="router", factory=lambda: RouterActor(state, wiring)))
+    return router, state, queue_log, agent_log
+
+
+def _demands(log: list[tuple[int, Any]]) -> list[tuple[int, int]]:
+    """(grant, free slots in all) of each Demand the queue got, in order."""
+    return [(m.grant, sum(free for _, free in m.slots)) for _, m in log if isinstance(m, Demand)]
+
+
+def _assigned(log: list[tuple[int, Any]]) -> int:
+    return sum(len(m.records) for _, m in log if isinstance(m, Assign))
+
+
+def _run_one(router: Any, agent_log: list[tuple[int, Any]], grant: int, left: int) -> None:
+    """The queue sends one task (echoing ``grant`` with ``left`` free slots), the agent
+    gets it and releases it."""
+    record = make_record()
+    before = _assigned(agent_log)
+    router.tell(TasksReady(records=(record,), grant=grant, credits=(left,)))
+    wait_for(lambda: _assigned(agent_log) == before + 1)
+    router.tell(Released(agent_id="a1", outcomes=((record.task_id, "work", True, 1.0),)))
+    router.ask(GetStatistics())  # (answered in mailbox order: after the Released)
+
+
+def test_a_freed_slot_sends_no_demand_while_the_queue_has_half_left(
+    make_system: Any, still_timers: TimerService
+) -> None:
+    system: ActorSystem = make_system()
+    router, state, queue_log, agent_log = _router(system, still_timers)
+    wait_for(lambda: _demands(queue_log) == [(1, 4)])  # on_start: grant 1, 4 free slots
+    _run_one(router, agent_log, grant=1, left=3)
+    _run_one(router, agent_log, grant=1, left=2)
+    assert _demands(queue_log) == [(1, 4)]  # 3 and then 2 left of 4 wanted: held
+    assert state.demand_held
+    # 1 left, 3 wanted (one slot runs the task): the held Demand goes at the TasksReady;
+    # nothing is known yet of what is left of that one at the Released: sent again.
+    _run_one(router, agent_log, grant=1, left=1)
+    wait_for(lambda: _demands(queue_log) == [(1, 4), (2, 3), (3, 4)])
+    assert state.grant == 3 and not state.demand_held and state.credits is None
+
+
+def test_tasks_that_leave_the_queue_low_send_the_held_demand(
+    make_system: Any, still_timers: TimerService
+) -> None:
+    system: ActorSystem = make_system()
+    router, state, queue_log, agent_log = _router(system, still_timers)
+    wait_for(lambda: _demands(queue_log) == [(1, 4)])
+    _run_one(router, agent_log, grant=1, left=3)
+    assert state.demand_held
+    # Two tasks that go on running: 1 left, 2 wanted (4 slots, 2 taken): half, held.
+    router.tell(TasksReady(records=(make_record(), make_record()), grant=1, credits=(1,)))
+    wait_for(lambda: _assigned(agent_log) == 3)
+    router.ask(GetStatistics())
+    assert _demands(queue_log) == [(1, 4)] and state.demand_held
+    # One more: nothing left, 1 wanted: the held Demand goes.
+    router.tell(TasksReady(records=(make_record(),), grant=1, credits=(0,)))
+    wait_for(lambda: _demands(queue_log) == [(1, 4), (2, 1)])
+
+
+def test_an_echo_of_an_older_demand_says_nothing_of_what_is_left(
+    make_system: Any, still_timers: TimerService
+) -> None:
+    system: ActorSystem = make_system()
+    router, state, queue_log, agent_log = _router(system, still_timers)
+    wait_for(lambda: _demands(queue_log) == [(1, 4)])
+    # Sent by the queue before it had grant 1: its credits are not those of grant 1.
+    _run_one(router, agent_log, grant=0, left=3)
+    wait_for(lambda: _demands(queue_log) == [(1, 4), (2, 4)])
+    assert state.credits is None
+
+
+def test_a_held_demand_goes_out_at_the_refresh_tick(make_system: Any) -> None:
+    system: ActorSystem = make_system()
+    router, state, queue_log, agent_log = _router(system, system.runtime.timers)
+    wait_for(lambda: _demands(queue_log)[:1] == [(1, 4)])
+    grant = state.grant
+    _run_one(router, agent_log, grant=grant, left=3)
+    # Held (or, on a slow machine, already refreshed by a tick): sent within a refresh.
+    wait_for(lambda: state.grant > grant and not state.demand_held, DEMAND_REFRESH_S + 5.0)
+    assert _demands(queue_log)[-1] == (state.grant, 4)
+
+
+def test_the_queue_echoes_its_demand_and_what_is_left(make_system: Any) -> None:
+    system: ActorSystem = make_system()
+    router_log: list[tuple[int, Any]] = []
+    peers = Peers()
+    peers.router = system.spawn(ChildSpec(name="router", factory=recorder(router_log)))
+    wiring = Wiring(
+        peers=peers,
+        clock=SystemClock(),
+        hub=EventHub(),
+        timers=system.runtime.timers,
+        waiters=ResultWaiters(),
+        admission=Admission(100, None),
+    )
+    state = QueueState()
+    queue = system.spawn(ChildSpec(name="queue", factory=lambda: QueueActor(state, wiring)))
+    other = frozenset({"other"})
+    queue.tell(Demand(slots=((WORK, 3), (other, 2)), received=0, grant=7))
+    queue.tell(Enqueue(records=(make_record(),), admitted=False))
+    wait_for(lambda: any(isinstance(m, TasksReady) for _, m in router_log))
+    ready = next(m for _, m in router_log if isinstance(m, TasksReady))
+    assert (ready.grant, ready.credits) == (7, (2, 2))
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1, max_size=5),
+)
+def test_enough_left_holds_only_between_half_and_all_of_what_is_wanted(
+    pairs: list[tuple[int, int]],
+) -> None:
+    credits = tuple(left for left, _ in pairs)
+    slots = tuple((frozenset({f"c{i}"}), want) for i, (_, want) in enumerate(pairs))
+    expected = all(want / 2 <= left <= want for left, want in pairs)
+    assert enough_left(credits, slots) is expected
+    assert enough_left(None, slots) is False  # nothing known of the queue
+    assert enough_left((*credits, 0), slots) is False  # for other slots
