@@ -444,8 +444,10 @@ class AgentExecutor(Actor):
         elif isinstance(message, TimeoutCheck):
             self._timed_out(message, out)
         elif isinstance(message, Tick):
-            self.state.report_timer.fired()
-            self._report()
+            state = self.state
+            state.report_timer.fired()
+            if state.unreported.tick_due(self.wiring, self.context.self_ref, state.report_timer):
+                self._report()
         elif isinstance(message, CancelTask):
             return self._cancel(message.task_id, out)
         else:

@@ -63,6 +63,10 @@ class RouterState:
     said; None until one says (then the router knows nothing of what is left)."""
     demand_held: bool = False
     """A Demand was skipped because the queue had enough left (see ``_send_demand``)."""
+    held_slots: tuple[tuple[frozenset[str], int], ...] = ()
+    """The slots of the Demand held (what was wanted when it was skipped)."""
+    demand_sent_at: float = -DEMAND_REFRESH_S
+    """Monotonic time the last Demand went (the refresh repeats it after DEMAND_REFRESH_S)."""
     received: int = 0
     returned: int = 0
 
@@ -99,16 +103,33 @@ class RouterActor(Actor):
                 self.batch_limit,
             )
             self._route_backlog()
-            # New tasks alone change nothing the queue does not know, unless a Demand is
-            # held: they used up some of what the queue had left.
-            if freed or self.state.demand_held:
+            state = self.state
+            if freed:
                 self._send_demand(lazy=True)
+                # Routing latencies go from a turn that follows tasks' ends, not from the
+                # routing turn: the tracker's turn would come next, in the tasks' path.
+                if state.unreported.due(self.wiring.clock.monotonic()):
+                    self._report()
+            elif state.demand_held and not enough_left(state.credits, state.held_slots):
+                # New tasks alone change nothing the queue does not know, unless a Demand
+                # is held: they used up what the queue had left. (Checked against what
+                # was wanted then: the tasks' slots taken since only make it send sooner.)
+                self._send_demand()
         elif isinstance(message, AgentsSnapshot):
             self._snapshot(message)
         elif isinstance(message, Tick):
-            self.state.timer.fired()
-            self._report()
-            self._send_demand()
+            state = self.state
+            state.timer.fired()
+            if state.unreported.tick_due(self.wiring, self.context.self_ref, state.timer):
+                self._report()
+            now = self.wiring.clock.monotonic()
+            if now - state.demand_sent_at >= DEMAND_REFRESH_S * 0.999:
+                self._send_demand()  # the refresh (a held Demand goes with it)
+            elif state.demand_held or state.backlog or state.views:
+                # A tick of the reports: the refresh keeps its own time (a Demand at every
+                # report tick would be a queue turn at a random moment, 10 times a second).
+                due = state.demand_sent_at + DEMAND_REFRESH_S
+                state.timer.arm(self.wiring.timers, self.context.self_ref, due, now)
         elif isinstance(message, CancelTask):
             return self._cancel(message.task_id)
         elif isinstance(message, InjectCrash):
@@ -206,9 +227,13 @@ class RouterActor(Actor):
                 state.refs[agent_id].tell(Assign.fast(records=tuple(batch), redelivered=False))
             state.routed += routed
             done = self.wiring.clock.monotonic()
-            values = ((done - ready_at) * 1000.0 for ready_at in latencies)
-            if state.unreported.add(values, self.wiring, self.context.self_ref, state.timer):
-                self._report()
+            # Held; sent from a turn of freed slots (see receive) or at the tick.
+            state.unreported.add(
+                [(done - ready_at) * 1000.0 for ready_at in latencies],
+                self.wiring,
+                self.context.self_ref,
+                state.timer,
+            )
 
     def _route_quietly(self) -> tuple[dict[str, list[TaskRecord]], list[float]]:
         """Route the backlog in one batch decision (nobody listens for the decisions)."""
@@ -337,11 +362,13 @@ class RouterActor(Actor):
         now = self.wiring.clock.monotonic()
         if lazy and enough_left(state.credits, slots):
             state.demand_held = True
+            state.held_slots = slots
             state.timer.arm(self.wiring.timers, self.context.self_ref, now + DEMAND_REFRESH_S, now)
             return
         state.grant += 1
         state.credits = None
         state.demand_held = False
+        state.demand_sent_at = now
         self.wiring.peers.get("queue").tell(
             Demand.fast(slots=slots, received=state.received, grant=state.grant)
         )

@@ -9,6 +9,7 @@ when what is wanted drops below what the queue has, or at the refresh tick.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,11 +17,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.core.router import RouterCore
-from actors.pipeline import Admission, EventHub, Peers, ResultWaiters, SystemClock, Wiring
+from actors.pipeline import (
+    Admission,
+    Clock,
+    EventHub,
+    Peers,
+    ResultWaiters,
+    SystemClock,
+    Wiring,
+)
 from actors.queue import QueueActor, QueueState
 from actors.router import DEMAND_REFRESH_S, RouterActor, RouterState, enough_left
 from actors.timers import TimerService
-from messages.pipeline import Assign, Demand, Enqueue, Released, TasksReady
+from messages.pipeline import Assign, Demand, Enqueue, Released, TasksReady, Tick
 from messages.routing import AgentView
 from messages.supervision import GetStatistics
 from supervisor import ActorSystem, ChildSpec
@@ -40,8 +49,24 @@ def still_timers() -> TimerService:
     return timers
 
 
+class StillClock:
+    """Monotonic time the test sets (wall time is the system's)."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def monotonic(self) -> float:
+        return self.at
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
 def _router(
-    system: ActorSystem, timers: TimerService, max_concurrency: int = 4
+    system: ActorSystem,
+    timers: TimerService,
+    max_concurrency: int = 4,
+    clock: Clock | None = None,
 ) -> tuple[Any, RouterState, list[tuple[int, Any]], list[tuple[int, Any]]]:
     """A router with one idle agent ``a1`` (no prefetch buffer); the queue, the agent and
     the performance tracker are recorders. Returns the router, its state, the queue's log
@@ -53,7 +78,7 @@ def _router(
     peers.performance = system.spawn(ChildSpec(name="performance", factory=recorder([])))
     wiring = Wiring(
         peers=peers,
-        clock=SystemClock(),
+        clock=clock or SystemClock(),
         hub=EventHub(),
         timers=timers,
         waiters=ResultWaiters(),
@@ -113,14 +138,14 @@ def test_tasks_that_leave_the_queue_low_send_the_held_demand(
     wait_for(lambda: _demands(queue_log) == [(1, 4)])
     _run_one(router, agent_log, grant=1, left=3)
     assert state.demand_held
-    # Two tasks that go on running: 1 left, 2 wanted (4 slots, 2 taken): half, held.
-    router.tell(TasksReady(records=(make_record(), make_record()), grant=1, credits=(1,)))
-    wait_for(lambda: _assigned(agent_log) == 3)
+    # A task that goes on running: 2 left, half the 4 wanted when the Demand was held.
+    router.tell(TasksReady(records=(make_record(),), grant=1, credits=(2,)))
+    wait_for(lambda: _assigned(agent_log) == 2)
     router.ask(GetStatistics())
     assert _demands(queue_log) == [(1, 4)] and state.demand_held
-    # One more: nothing left, 1 wanted: the held Demand goes.
-    router.tell(TasksReady(records=(make_record(),), grant=1, credits=(0,)))
-    wait_for(lambda: _demands(queue_log) == [(1, 4), (2, 1)])
+    # One more: 1 left, under half of those 4: the Demand goes, of the 2 free slots now.
+    router.tell(TasksReady(records=(make_record(),), grant=1, credits=(1,)))
+    wait_for(lambda: _demands(queue_log) == [(1, 4), (2, 2)])
 
 
 def test_an_echo_of_an_older_demand_says_nothing_of_what_is_left(
@@ -144,6 +169,23 @@ def test_a_held_demand_goes_out_at_the_refresh_tick(make_system: Any) -> None:
     # Held (or, on a slow machine, already refreshed by a tick): sent within a refresh.
     wait_for(lambda: state.grant > grant and not state.demand_held, DEMAND_REFRESH_S + 5.0)
     assert _demands(queue_log)[-1] == (state.grant, 4)
+
+
+def test_a_tick_of_the_reports_is_not_a_demand_refresh(
+    make_system: Any, still_timers: TimerService
+) -> None:
+    system: ActorSystem = make_system()
+    clock = StillClock(100.0)
+    router, state, queue_log, _ = _router(system, still_timers, clock=clock)
+    wait_for(lambda: _demands(queue_log) == [(1, 4)])  # on_start, at 100.0
+    clock.at = 100.0 + DEMAND_REFRESH_S / 2
+    router.tell(Tick())  # (as the routing latencies' tick would come)
+    router.ask(GetStatistics())
+    assert _demands(queue_log) == [(1, 4)]
+    assert state.timer.due == 100.0 + DEMAND_REFRESH_S  # the refresh, armed for its time
+    clock.at = 100.0 + DEMAND_REFRESH_S
+    router.tell(Tick())
+    wait_for(lambda: _demands(queue_log) == [(1, 4), (2, 4)])
 
 
 def test_the_queue_echoes_its_demand_and_what_is_left(make_system: Any) -> None:

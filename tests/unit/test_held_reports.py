@@ -8,6 +8,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from actors.pipeline import HeldReports, TickTimer
 
 
@@ -56,4 +58,62 @@ def test_nothing_held_arms_nothing() -> None:
     w, timer = wiring(), TickTimer()
     assert held.add([], w, "ref", timer) is False
     assert w.timers.requests == []
+    assert timer.due is None
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def moving_wiring(clock: Clock) -> Any:
+    return SimpleNamespace(clock=clock, timers=RecordingTimers())
+
+
+def test_items_held_half_the_delay_are_due_at_the_next_add_of_items() -> None:
+    # Sent from a turn that follows a task's end (the next add), not at a random moment.
+    held: HeldReports[int] = HeldReports(batch=100, delay_s=0.1)
+    clock = Clock(10.0)
+    w, timer = moving_wiring(clock), TickTimer()
+    assert held.add([1], w, "ref", timer) is False
+    clock.now = 10.049
+    assert held.add([2], w, "ref", timer) is False
+    clock.now = 10.05
+    assert held.add([], w, "ref", timer) is False  # no new items: never due
+    assert held.add([3], w, "ref", timer) is True
+    assert held.take() == (1, 2, 3)
+    assert held.since is None
+    # One fallback tick, armed with the first item, for a delay after it.
+    assert w.timers.requests == [pytest.approx(0.1)]
+
+
+def test_a_tick_sends_only_items_held_the_whole_delay() -> None:
+    held: HeldReports[int] = HeldReports(batch=100, delay_s=0.1)
+    clock = Clock(20.0)
+    w, timer = moving_wiring(clock), TickTimer()
+    held.add([1], w, "ref", timer)
+    clock.now = 20.06
+    assert held.add([2], w, "ref", timer) is True
+    held.take()  # sent from that turn; the tick armed for item 1 still comes
+    held.add([3], w, "ref", timer)  # held since 20.06
+    clock.now = 20.1
+    timer.fired()
+    # Item 3 is 40 ms old: not now (a random moment) but at its own delay, or a turn.
+    assert held.tick_due(w, "ref", timer) is False
+    assert timer.due == pytest.approx(20.16)
+    clock.now = 20.16
+    timer.fired()
+    assert held.tick_due(w, "ref", timer) is True
+    assert held.take() == (3,)
+
+
+def test_a_tick_with_nothing_held_sends_nothing() -> None:
+    held: HeldReports[int] = HeldReports()
+    w, timer = moving_wiring(Clock(1.0)), TickTimer()
+    assert held.tick_due(w, "ref", timer) is False
     assert timer.due is None
