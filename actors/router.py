@@ -34,7 +34,7 @@ from messages.pipeline import (
 from messages.routing import AgentView
 from messages.task import TaskRecord, TaskState
 
-__all__ = ["RouterActor", "RouterState", "enough_left"]
+__all__ = ["RouterActor", "RouterState", "enough_left", "run_out"]
 
 DEMAND_REFRESH_S = 1.0
 """The router repeats its demand this often while it has free slots (a lost Demand heals)."""
@@ -110,10 +110,11 @@ class RouterActor(Actor):
                 # routing turn: the tracker's turn would come next, in the tasks' path.
                 if state.unreported.due(self.wiring.clock.monotonic()):
                     self._report()
-            elif state.demand_held and not enough_left(state.credits, state.held_slots):
+            elif state.demand_held and run_out(state.credits, state.held_slots):
                 # New tasks alone change nothing the queue does not know, unless a Demand
-                # is held: they used up what the queue had left. (Checked against what
-                # was wanted then: the tasks' slots taken since only make it send sooner.)
+                # is held and they used up what the queue had left for a slot. (Only then:
+                # the queue's turn would come next, in these tasks' path; while the queue
+                # has some left, the Demand goes from the next turn of freed slots.)
                 self._send_demand()
         elif isinstance(message, AgentsSnapshot):
             self._snapshot(message)
@@ -403,3 +404,11 @@ def enough_left(
         if left > want or 2 * left < want:
             return False
     return True
+
+
+def run_out(credits: tuple[int, ...] | None, slots: tuple[tuple[frozenset[str], int], ...]) -> bool:
+    """True when the queue has nothing left (``credits``, unknown: None) for a slot of
+    ``slots`` that wants tasks: it would hold back a task the agents could take."""
+    if credits is None or len(credits) != len(slots):
+        return True
+    return any(left <= 0 < want for left, (_, want) in zip(credits, slots, strict=True))

@@ -27,7 +27,7 @@ from actors.pipeline import (
     Wiring,
 )
 from actors.queue import QueueActor, QueueState
-from actors.router import DEMAND_REFRESH_S, RouterActor, RouterState, enough_left
+from actors.router import DEMAND_REFRESH_S, RouterActor, RouterState, enough_left, run_out
 from actors.timers import TimerService
 from messages.pipeline import Assign, Demand, Enqueue, Released, TasksReady, Tick
 from messages.routing import AgentView
@@ -123,14 +123,14 @@ def test_a_freed_slot_sends_no_demand_while_the_queue_has_half_left(
     _run_one(router, agent_log, grant=1, left=2)
     assert _demands(queue_log) == [(1, 4)]  # 3 and then 2 left of 4 wanted: held
     assert state.demand_held
-    # 1 left, 3 wanted (one slot runs the task): the held Demand goes at the TasksReady;
-    # nothing is known yet of what is left of that one at the Released: sent again.
+    # 1 left while the task runs: still some, the Demand waits for the freed slot; then
+    # 1 left of 4 wanted is under half: it goes.
     _run_one(router, agent_log, grant=1, left=1)
-    wait_for(lambda: _demands(queue_log) == [(1, 4), (2, 3), (3, 4)])
-    assert state.grant == 3 and not state.demand_held and state.credits is None
+    wait_for(lambda: _demands(queue_log) == [(1, 4), (2, 4)])
+    assert state.grant == 2 and not state.demand_held and state.credits is None
 
 
-def test_tasks_that_leave_the_queue_low_send_the_held_demand(
+def test_tasks_that_leave_the_queue_nothing_send_the_held_demand(
     make_system: Any, still_timers: TimerService
 ) -> None:
     system: ActorSystem = make_system()
@@ -138,13 +138,14 @@ def test_tasks_that_leave_the_queue_low_send_the_held_demand(
     wait_for(lambda: _demands(queue_log) == [(1, 4)])
     _run_one(router, agent_log, grant=1, left=3)
     assert state.demand_held
-    # A task that goes on running: 2 left, half the 4 wanted when the Demand was held.
-    router.tell(TasksReady(records=(make_record(),), grant=1, credits=(2,)))
+    # A task that goes on running, 1 left: the queue can still send the next one at once.
+    router.tell(TasksReady(records=(make_record(),), grant=1, credits=(1,)))
     wait_for(lambda: _assigned(agent_log) == 2)
     router.ask(GetStatistics())
     assert _demands(queue_log) == [(1, 4)] and state.demand_held
-    # One more: 1 left, under half of those 4: the Demand goes, of the 2 free slots now.
-    router.tell(TasksReady(records=(make_record(),), grant=1, credits=(1,)))
+    # One more, nothing left: the next task would wait in the queue. The Demand goes, of
+    # the 2 free slots now.
+    router.tell(TasksReady(records=(make_record(),), grant=1, credits=(0,)))
     wait_for(lambda: _demands(queue_log) == [(1, 4), (2, 2)])
 
 
@@ -223,3 +224,15 @@ def test_enough_left_holds_only_between_half_and_all_of_what_is_wanted(
     assert enough_left(credits, slots) is expected
     assert enough_left(None, slots) is False  # nothing known of the queue
     assert enough_left((*credits, 0), slots) is False  # for other slots
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1, max_size=5),
+)
+def test_run_out_when_a_slot_that_wants_tasks_has_nothing_left(
+    pairs: list[tuple[int, int]],
+) -> None:
+    credits = tuple(left for left, _ in pairs)
+    slots = tuple((frozenset({f"c{i}"}), want) for i, (_, want) in enumerate(pairs))
+    assert run_out(credits, slots) is any(left == 0 < want for left, want in pairs)
+    assert run_out(None, slots) is True  # nothing known: ask
