@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from actors.base import Actor
@@ -160,8 +161,7 @@ class RouterActor(Actor):
             state.received += len(message.records)
             if message.grant == state.grant:  # (else sent before the queue had the last)
                 state.credits = message.credits
-            ready_at = message.ready_at
-            state.backlog.extend((record, ready_at) for record in message.records)
+            state.backlog.extend(zip(message.records, repeat(message.ready_at)))
             return False
         agent_id = message.agent_id
         tasks = state.inflight.get(agent_id)
@@ -176,7 +176,7 @@ class RouterActor(Actor):
                 # Attempts that ran (a cancelled or given-back one reports 0 ms, unfailed).
                 mean = smoothed(
                     state.latency_ms.get(agent_id),
-                    (ms for _, _, ok, ms in message.outcomes if ok or ms > 0.0),
+                    [ms for _, _, ok, ms in message.outcomes if ok or ms > 0.0],
                 )
                 if mean is not None:
                     state.latency_ms[agent_id] = mean

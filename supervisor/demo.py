@@ -15,8 +15,6 @@ import random
 import sys
 import threading
 import time
-import uuid
-from collections import Counter
 from typing import Any
 
 import structlog
@@ -42,14 +40,18 @@ class DemoAgents:
         self.fail_rate = fail_rate
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self.executions: Counter[uuid.UUID] = Counter()
+        # Successful executions by task id (``task_id.int``: an int hashes in C, a UUID in
+        # Python; a plain dict: a Counter's missing key is a Python call too).
+        self.executions: dict[int, int] = {}
 
     def handle(self, task: TaskContext) -> dict[str, Any]:
         """The no-op handler of every demo agent."""
         with self._lock:  # one acquisition: the draw and the count
             fail = self.fail_rate > 0.0 and self._rng.random() < self.fail_rate
             if not fail:
-                self.executions[task.task_id] += 1
+                executions = self.executions
+                key = task.task_id.int
+                executions[key] = executions.get(key, 0) + 1
         if fail:
             raise RuntimeError(f"demo failure of {task.type} (attempt {task.attempt})")
         return {"ok": True, "attempt": task.attempt}

@@ -122,6 +122,11 @@ class LatencyHistogram:
             return None
         return math.ceil(math.log(ms) / self._log_gamma)
 
+    def indices_of(self, values: Sequence[float]) -> list[int | None]:
+        """``[index_of(ms) for ms in values]``, in one call (no call per value)."""
+        log, ceil, gamma, zero = math.log, math.ceil, self._log_gamma, ZERO_THRESHOLD_MS
+        return [None if ms < zero else ceil(log(ms) / gamma) for ms in values]
+
     def _add(self, ms: float, index: int | None) -> None:
         """Record a valid ``ms`` whose bucket is ``index`` (from :meth:`index_of`)."""
         self._count += 1
@@ -146,8 +151,7 @@ class LatencyHistogram:
         for ms in values:
             if not 0.0 <= ms < math.inf:
                 raise ValueError(f"latency must be finite and >= 0, got {ms!r}")
-        index_of = self.index_of
-        self._add_many(values, [index_of(ms) for ms in values])
+        self._add_many(values, self.indices_of(values))
 
     def _add_many(self, values: Sequence[float], indices: Sequence[int | None]) -> None:
         """``_add`` each valid value with its index in turn, in one call: the same sum (added
@@ -469,9 +473,8 @@ class PerformanceCore:
                 raise ValueError(f"latency must be finite and >= 0, got {end_to_end_ms!r}")
         if not items:
             return
-        index_of = self._total.latency.index_of  # the same in every series
         latencies = [item[3] for item in items]
-        indices = [index_of(ms) for ms in latencies]
+        indices = self._total.latency.indices_of(latencies)  # the same in every series
         by_agent: dict[str, list[int]] = {}
         by_type: dict[str, list[int]] = {}
         for position, item in enumerate(items):  # (positions in order, per series)
@@ -480,12 +483,12 @@ class PerformanceCore:
         for series_of, grouped in ((self._agents, by_agent), (self._types, by_type)):
             for name, positions in grouped.items():
                 self._series(series_of, name).record_many(
-                    sum(1 for i in positions if items[i][2]),
+                    sum([items[i][2] for i in positions]),  # (bools: the successes)
                     [latencies[i] for i in positions],
                     now,
                     [indices[i] for i in positions],
                 )
-        successes = sum(1 for item in items if item[2])
+        successes = sum([item[2] for item in items])
         self._total.record_many(successes, latencies, now, indices)
         ends = [item[4] for item in items if item[4] is not None]
         if ends:
