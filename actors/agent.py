@@ -237,12 +237,14 @@ class AgentState:
 
     spec: AgentSpec
     handler: Callable[[TaskContext], Any]
-    running: dict[uuid.UUID, _Run] = field(default_factory=dict)
-    waiting: OrderedDict[uuid.UUID, TaskRecord] = field(default_factory=OrderedDict)
+    # The task-keyed maps below key by ``task_id.int``: an int hashes in C, a UUID in
+    # Python (several lookups per task).
+    running: dict[int, _Run] = field(default_factory=dict)
+    waiting: OrderedDict[int, TaskRecord] = field(default_factory=OrderedDict)
     """ASSIGNED tasks held beyond max_concurrency (the router's prefetch), oldest first:
     each starts the moment a slot frees, without a round trip through router and queue.
     With a sync handler they are in the workers' job queue already (``handed``)."""
-    handed: dict[uuid.UUID, TaskContext] = field(default_factory=dict)
+    handed: dict[int, TaskContext] = field(default_factory=dict)
     """Sync handlers: the contexts of waiting tasks put in the workers' job queue ahead of
     a free slot. A worker that finishes an attempt takes the next one at once (no
     executor turn and no thread wake-up between them) and reports its start in
@@ -257,7 +259,7 @@ class AgentState:
     unreported: HeldReports[OutcomeItem] = field(default_factory=HeldReports)
     """Outcomes not yet sent to the performance tracker (in batches, within 0.1 s)."""
     report_timer: TickTimer = field(default_factory=TickTimer)
-    given_back: dict[uuid.UUID, int] = field(default_factory=dict)
+    given_back: dict[int, int] = field(default_factory=dict)
     """Attempts a crashed incarnation left running, given back by its successor (task id
     -> attempt): an Assign redelivered after the crash must not start them again."""
     done: deque[_Done] = field(default_factory=deque)
@@ -371,9 +373,7 @@ class AgentExecutor(Actor):
             # The previous incarnation crashed with attempts in flight: give them back
             # (attempt counted). Tasks in the waiting line never started: they stay, and
             # start as slots free up.
-            state.given_back.update(
-                (task_id, run.record.attempt) for task_id, run in state.running.items()
-            )
+            state.given_back.update((key, run.record.attempt) for key, run in state.running.items())
             out = _Out()
             try:
                 self._abandon_all("agent crashed", "AgentCrashed", out, waiting=False)
@@ -462,22 +462,22 @@ class AgentExecutor(Actor):
         running = state.running
         given_back = state.given_back
         for record in message.records:
-            task_id = record.task_id
-            if task_id in waiting:
+            key = record.task_id.int
+            if key in waiting:
                 continue  # a redelivered Assign
-            if given_back and record.attempt < given_back.get(task_id, 0):
+            if given_back and record.attempt < given_back.get(key, 0):
                 continue  # redelivered after a crash: that attempt was given back already
-            old = running.get(task_id) if running else None
+            old = running.get(key) if running else None
             if old is not None:
                 if record.attempt < old.record.attempt:
                     continue  # a redelivered Assign (of the attempt that runs now)
                 # Shared store: this runner lost the lease while the attempt ran (it was
                 # paused), the task was rescued and claimed again, here. The old attempt
                 # is a zombie now (its writes are fenced); run the new one.
-                del running[task_id]
+                del running[key]
                 self._stop_attempt(old)
                 state.zombies += 1
-            waiting[task_id] = record
+            waiting[key] = record
 
     def _hand_waiting(self, jobs: list[TaskContext] | None = None) -> None:
         """Sync handlers: put the waiting tasks not handed yet in the workers' job queue
@@ -489,7 +489,7 @@ class AgentExecutor(Actor):
         if state.is_async or len(waiting) == len(state.handed):
             return
         handed = state.handed
-        fresh: list[tuple[uuid.UUID, TaskRecord]] = []
+        fresh: list[tuple[int, TaskRecord]] = []
         for item in reversed(waiting.items()):
             if item[0] in handed:
                 break
@@ -497,9 +497,9 @@ class AgentExecutor(Actor):
         agent_id = state.spec.agent_id
         assert state.pool is not None
         submit = state.pool.submit if jobs is None else jobs.append
-        for task_id, record in reversed(fresh):
+        for key, record in reversed(fresh):
             context = _context_of(record, record.attempt + 1, agent_id, early=True)
-            handed[task_id] = context
+            handed[key] = context
             submit(context)
 
     def _take_started(
@@ -525,17 +525,18 @@ class AgentExecutor(Actor):
         while line:
             context, started = line.popleft()
             task_id = context.task_id
-            current = handed.pop(task_id, None)
+            key = task_id.int
+            current = handed.pop(key, None)
             if current is not context:
                 if current is not None:
-                    handed[task_id] = current  # (a later hand-over of the task: kept)
+                    handed[key] = current  # (a later hand-over of the task: kept)
                 continue  # cancelled or given back before (or as) a worker took it
             if publish:
                 hub.publish("task.started", task_id, agent_id=agent_id, attempt=context.attempt)
             if ending is not None and id(context) in ending:
-                ended[id(context)] = (waiting.pop(task_id), started)
+                ended[id(context)] = (waiting.pop(key), started)
                 continue
-            record = waiting.pop(task_id)
+            record = waiting.pop(key)
             running = record.moved_via(
                 *_TO_RUNNING.get(record.state, _RUN),
                 at=now,
@@ -543,7 +544,7 @@ class AgentExecutor(Actor):
                 agent_id=agent_id,
             )
             run = _Run(running, started, context)
-            running_now[task_id] = run
+            running_now[key] = run
             persist.append(running)
             self._watch_timeout(run)
         return ended
@@ -581,8 +582,8 @@ class AgentExecutor(Actor):
         while waiting and free > 0:
             # An OrderedDict: its first key costs O(1) however many were taken before (a
             # dict's first key is found by scanning past the slots of removed ones).
-            task_id = next(iter(waiting))
-            record = waiting[task_id]  # off the line only once it runs (crash safety)
+            key = next(iter(waiting))
+            record = waiting[key]  # off the line only once it runs (crash safety)
             free -= 1
             running = record.moved_via(
                 *_TO_RUNNING.get(record.state, _RUN),
@@ -592,11 +593,13 @@ class AgentExecutor(Actor):
             )
             context = _context_of(running, running.attempt, agent_id)
             run = _Run(running, mono, context)
-            running_now[task_id] = run
-            del waiting[task_id]
+            running_now[key] = run
+            del waiting[key]
             persist.append(running)
             if publish:
-                hub.publish("task.started", task_id, agent_id=agent_id, attempt=running.attempt)
+                hub.publish(
+                    "task.started", record.task_id, agent_id=agent_id, attempt=running.attempt
+                )
             if is_async:
                 run.future = launch(context)
             else:
@@ -648,11 +651,12 @@ class AgentExecutor(Actor):
                 started_at = now
                 path = _ENDED_WAITING[record.state, ok]
             else:
-                run = running.get(task_id)
+                key = task_id.int
+                run = running.get(key)
                 if run is None or run.record.attempt != attempt:
                     state.zombies += 1  # timed out, cancelled or requeued while it ran
                     continue
-                del running[task_id]
+                del running[key]
                 record, started = run.record, run.started
                 started_at = record.updated_at
                 path = _ENDED_RUNNING[ok]
@@ -723,7 +727,7 @@ class AgentExecutor(Actor):
 
     def _time_out(self, run: _Run, out: _Out) -> None:
         state = self.state
-        del state.running[run.record.task_id]
+        del state.running[run.record.task_id.int]
         self._stop_attempt(run)
         now = self.wiring.clock.now()
         record = run.record
@@ -745,13 +749,14 @@ class AgentExecutor(Actor):
     def _cancel(self, task_id: uuid.UUID, out: _Out) -> bool:
         state = self.state
         self._take_started(out)  # a handed task a worker took is running, not waiting
-        run = state.running.pop(task_id, None)
+        key = task_id.int
+        run = state.running.pop(key, None)
         if run is not None:
             self._stop_attempt(run)
             record = run.record
-        elif task_id in state.waiting:
-            record = state.waiting.pop(task_id)  # ASSIGNED, never started
-            self._unhand(task_id)
+        elif key in state.waiting:
+            record = state.waiting.pop(key)  # ASSIGNED, never started
+            self._unhand(key)
         else:
             return False
         cancelled = record.moved(TaskState.CANCELLED, at=self.wiring.clock.now())
@@ -762,9 +767,10 @@ class AgentExecutor(Actor):
             self.wiring.hub.publish("task.cancelled", task_id, where="agent")
         return True
 
-    def _unhand(self, task_id: uuid.UUID) -> None:
-        """A handed task leaves the agent unstarted: its worker is to skip it."""
-        context = self.state.handed.pop(task_id, None)
+    def _unhand(self, key: int) -> None:
+        """A handed task (``task_id.int``) leaves the agent unstarted: its worker is to
+        skip it."""
+        context = self.state.handed.pop(key, None)
         if context is not None:
             context._cancelled[0] = True
 
@@ -784,10 +790,10 @@ class AgentExecutor(Actor):
         if waiting:
             # Flag the handed ones first: a replacement thread started for an abandoned
             # attempt below must not take one of them.
-            for task_id in list(state.handed):
-                self._unhand(task_id)
-        for task_id, run in list(state.running.items()):
-            del state.running[task_id]
+            for key in list(state.handed):
+                self._unhand(key)
+        for key, run in list(state.running.items()):
+            del state.running[key]
             self._stop_attempt(run)
             record = run.record
             error = f"{error_type}: {why} during attempt {record.attempt}"
@@ -798,13 +804,13 @@ class AgentExecutor(Actor):
                 TaskState.FAILED, at=now, last_error=error, history=(*record.history, attempt)
             )
             out.requeue.append((failed, error_type))
-            out.released.append((task_id, record.spec.type, False, 0.0))
+            out.released.append((record.task_id, record.spec.type, False, 0.0))
             state.requeued += 1
-        for task_id, record in list(state.waiting.items()) if waiting else ():
+        for key, record in list(state.waiting.items()) if waiting else ():
             # Never started: back to the queue as they were, no attempt counted.
-            del state.waiting[task_id]
+            del state.waiting[key]
             out.unstarted.append(record.handed_back(at=now))
-            out.released.append((task_id, record.spec.type, False, 0.0))
+            out.released.append((record.task_id, record.spec.type, False, 0.0))
             state.requeued += 1
         if out.requeue or out.unstarted:
             self.context.log.warning(

@@ -96,8 +96,8 @@ def _handed(
     record = make_record(state=state, agent_id="a1" if state is TaskState.ASSIGNED else None)
     record = record.evolve(spec=record.spec.evolve(timeout_s=None))
     context = TaskContext(record.task_id, "work", {}, record.attempt + 1, "a1")
-    executor.state.waiting[record.task_id] = record
-    executor.state.handed[record.task_id] = context
+    executor.state.waiting[record.task_id.int] = record
+    executor.state.handed[record.task_id.int] = context
     return record, context
 
 
@@ -110,7 +110,7 @@ def test_a_started_handed_attempt_becomes_running_with_the_workers_start_time(
     state.started.append((context, 7.0))
     first = _Out()
     executor._take_done(first)  # the start alone
-    assert not state.waiting and not state.handed and list(state.running) == [record.task_id]
+    assert not state.waiting and not state.handed and list(state.running) == [record.task_id.int]
     assert [(r.state, r.attempt) for r in first.persist] == [(TaskState.RUNNING, 1)]
     state.done.append((context, True, None, None, None, False, 7.25))
     second = _Out()
@@ -187,8 +187,8 @@ def test_a_start_reported_after_the_task_left_the_agent_is_ignored(make_system: 
     executor = _executor(make_system())
     record, context = _handed(executor)
     state = executor.state
-    executor._unhand(record.task_id)  # what a cancel does to a handed task
-    del state.waiting[record.task_id]
+    executor._unhand(record.task_id.int)  # what a cancel does to a handed task
+    del state.waiting[record.task_id.int]
     assert context.is_cancelled()
     state.started.append((context, 1.0))
     state.done.append((context, True, None, None, None, False, 2.0))
