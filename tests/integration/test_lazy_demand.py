@@ -35,6 +35,7 @@ from messages.supervision import GetStatistics
 from supervisor import ActorSystem, ChildSpec
 from tests.conftest import wait_for
 from tests.integration.test_journal_contract import make_record
+from tests.integration.test_mailbox_batching import _wiring
 from tests.integration.test_supervision import recorder
 
 WORK = frozenset({"work"})
@@ -93,6 +94,18 @@ def _router(
     return router, state, queue_log, agent_log
 
 
+IdleRouter = tuple[Any, RouterState, list[tuple[int, Any]], list[tuple[int, Any]]]
+
+
+@pytest.fixture
+def idle_router(make_system: Any, still_timers: TimerService) -> IdleRouter:
+    """:func:`_router` with still timers, once its first Demand (grant 1: the agent's 4
+    free slots, sent as it starts) has reached the queue."""
+    router, state, queue_log, agent_log = _router(make_system(), still_timers)
+    wait_for(lambda: _demands(queue_log) == [(1, 4)])
+    return router, state, queue_log, agent_log
+
+
 def _demands(log: list[tuple[int, Any]]) -> list[tuple[int, int]]:
     """(grant, free slots in all) of each Demand the queue got, in order."""
     return [(m.grant, sum(free for _, free in m.slots)) for _, m in log if isinstance(m, Demand)]
@@ -114,11 +127,9 @@ def _run_one(router: Any, agent_log: list[tuple[int, Any]], grant: int, left: in
 
 
 def test_a_freed_slot_sends_no_demand_while_the_queue_has_half_left(
-    make_system: Any, still_timers: TimerService
+    idle_router: IdleRouter,
 ) -> None:
-    system: ActorSystem = make_system()
-    router, state, queue_log, agent_log = _router(system, still_timers)
-    wait_for(lambda: _demands(queue_log) == [(1, 4)])  # on_start: grant 1, 4 free slots
+    router, state, queue_log, agent_log = idle_router
     _run_one(router, agent_log, grant=1, left=3)
     _run_one(router, agent_log, grant=1, left=2)
     assert _demands(queue_log) == [(1, 4)]  # 3 and then 2 left of 4 wanted: held
@@ -130,12 +141,8 @@ def test_a_freed_slot_sends_no_demand_while_the_queue_has_half_left(
     assert state.grant == 2 and not state.demand_held and state.credits is None
 
 
-def test_tasks_that_leave_the_queue_nothing_send_the_held_demand(
-    make_system: Any, still_timers: TimerService
-) -> None:
-    system: ActorSystem = make_system()
-    router, state, queue_log, agent_log = _router(system, still_timers)
-    wait_for(lambda: _demands(queue_log) == [(1, 4)])
+def test_tasks_that_leave_the_queue_nothing_send_the_held_demand(idle_router: IdleRouter) -> None:
+    router, state, queue_log, agent_log = idle_router
     _run_one(router, agent_log, grant=1, left=3)
     assert state.demand_held
     # A task that goes on running, 1 left: the queue can still send the next one at once.
@@ -149,12 +156,8 @@ def test_tasks_that_leave_the_queue_nothing_send_the_held_demand(
     wait_for(lambda: _demands(queue_log) == [(1, 4), (2, 2)])
 
 
-def test_an_echo_of_an_older_demand_says_nothing_of_what_is_left(
-    make_system: Any, still_timers: TimerService
-) -> None:
-    system: ActorSystem = make_system()
-    router, state, queue_log, agent_log = _router(system, still_timers)
-    wait_for(lambda: _demands(queue_log) == [(1, 4)])
+def test_an_echo_of_an_older_demand_says_nothing_of_what_is_left(idle_router: IdleRouter) -> None:
+    router, state, queue_log, agent_log = idle_router
     # Sent by the queue before it had grant 1: its credits are not those of grant 1.
     _run_one(router, agent_log, grant=0, left=3)
     wait_for(lambda: _demands(queue_log) == [(1, 4), (2, 4)])
@@ -192,16 +195,7 @@ def test_a_tick_of_the_reports_is_not_a_demand_refresh(
 def test_the_queue_echoes_its_demand_and_what_is_left(make_system: Any) -> None:
     system: ActorSystem = make_system()
     router_log: list[tuple[int, Any]] = []
-    peers = Peers()
-    peers.router = system.spawn(ChildSpec(name="router", factory=recorder(router_log)))
-    wiring = Wiring(
-        peers=peers,
-        clock=SystemClock(),
-        hub=EventHub(),
-        timers=system.runtime.timers,
-        waiters=ResultWaiters(),
-        admission=Admission(100, None),
-    )
+    wiring = _wiring(system, "router", router_log)
     state = QueueState()
     queue = system.spawn(ChildSpec(name="queue", factory=lambda: QueueActor(state, wiring)))
     other = frozenset({"other"})
@@ -212,27 +206,33 @@ def test_the_queue_echoes_its_demand_and_what_is_left(make_system: Any) -> None:
     assert (ready.grant, ready.credits) == (7, (2, 2))
 
 
-@given(
-    st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1, max_size=5),
-)
+PAIRS = st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1, max_size=5)
+"""(free slots the queue has left, free slots wanted) of each slot."""
+
+
+def _credits_and_slots(
+    pairs: list[tuple[int, int]],
+) -> tuple[tuple[int, ...], tuple[tuple[frozenset[str], int], ...]]:
+    credits = tuple(left for left, _ in pairs)
+    slots = tuple((frozenset({f"c{i}"}), want) for i, (_, want) in enumerate(pairs))
+    return credits, slots
+
+
+@given(PAIRS)
 def test_enough_left_holds_only_between_half_and_all_of_what_is_wanted(
     pairs: list[tuple[int, int]],
 ) -> None:
-    credits = tuple(left for left, _ in pairs)
-    slots = tuple((frozenset({f"c{i}"}), want) for i, (_, want) in enumerate(pairs))
+    credits, slots = _credits_and_slots(pairs)
     expected = all(want / 2 <= left <= want for left, want in pairs)
     assert enough_left(credits, slots) is expected
     assert enough_left(None, slots) is False  # nothing known of the queue
     assert enough_left((*credits, 0), slots) is False  # for other slots
 
 
-@given(
-    st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1, max_size=5),
-)
+@given(PAIRS)
 def test_run_out_when_a_slot_that_wants_tasks_has_nothing_left(
     pairs: list[tuple[int, int]],
 ) -> None:
-    credits = tuple(left for left, _ in pairs)
-    slots = tuple((frozenset({f"c{i}"}), want) for i, (_, want) in enumerate(pairs))
+    credits, slots = _credits_and_slots(pairs)
     assert run_out(credits, slots) is any(left == 0 < want for left, want in pairs)
     assert run_out(None, slots) is True  # nothing known: ask
