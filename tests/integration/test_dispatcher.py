@@ -110,3 +110,35 @@ def test_dispatcher_options_are_checked() -> None:
         Dispatcher("d", throughput=0)
     with pytest.raises(ValueError, match="dispatcher name"):
         ChildSpec(name="a", factory=Where, dispatcher="")
+
+
+def test_a_stop_met_among_ready_turns_ends_the_thread_after_them(make_system: Any) -> None:
+    # A dispatcher runs the next ready cell's turn at once, without going back to pykka's
+    # loop; pykka's stop, met that way, must go back to it (and still end the thread).
+    system: ActorSystem = make_system()
+    journal: list[tuple[int, Any]] = []
+    refs = [
+        system.spawn(ChildSpec(name=name, factory=recorder(journal), dispatcher="d"))
+        for name in "ab"
+    ]
+    blocker = system.spawn(ChildSpec(name="blocker", factory=recorder([]), dispatcher="d"))
+    for ref in refs:
+        ref.ask("started?")
+    _BLOCKERS["drain"] = release = threading.Event()
+    blocker.tell(Block("drain"))
+    wait_for(lambda: system.runtime.cells["blocker"].current is not None)
+    for i in range(10):
+        for ref in refs:
+            ref.tell(i)
+    dispatcher = system.runtime.dispatchers["d"]
+    thread = dispatcher.thread
+    assert thread is not None
+    stopper = threading.Thread(target=dispatcher.stop, args=(WAIT_S,))
+    stopper.start()
+    wait_for(lambda: dispatcher.runq.qsize() == 3)  # a's turn, b's turn, then the stop
+    release.set()
+    thread.join(WAIT_S)
+    stopper.join(WAIT_S)
+    assert not thread.is_alive()
+    assert len(journal) == 2 + 20  # the asks, then every message: their turns came first
+    dispatcher.start()  # a new thread, for the system to stop its actors
