@@ -420,11 +420,13 @@ class AgentExecutor(Actor):
                     self.context.self_ref.tell(item.message)
                     continue
                 item.reply(self._handle(item.message, out))
-            self._start_waiting(out)
-            self._hand_waiting(out.jobs)
+            if self.state.waiting:  # (most turns after tasks' ends have none: no calls)
+                self._start_waiting(out)
+                self._hand_waiting(out.jobs)
             self._flush(out)
         finally:
-            self._put_jobs(out.jobs)  # (a failure still gives what it started to workers)
+            if out.jobs:  # (a failure still gives what it started to workers)
+                self._put_jobs(out.jobs)
         return answer
 
     def _put_jobs(self, jobs: list[TaskContext]) -> None:
