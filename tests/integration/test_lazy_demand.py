@@ -91,19 +91,26 @@ def _router(
     )
     state.refs["a1"] = system.spawn(ChildSpec(name="a1", factory=recorder(agent_log)))
     router = system.spawn(ChildSpec(name="router", factory=lambda: RouterActor(state, wiring)))
-    return router, state, queue_log, agent_log
+    return router, state, queue_log, agent_log, peers.queue
 
 
-IdleRouter = tuple[Any, RouterState, list[tuple[int, Any]], list[tuple[int, Any]]]
+IdleRouter = tuple[Any, RouterState, list[tuple[int, Any]], list[tuple[int, Any]], Any]
 
 
 @pytest.fixture
 def idle_router(make_system: Any, still_timers: TimerService) -> IdleRouter:
     """:func:`_router` with still timers, once its first Demand (grant 1: the agent's 4
     free slots, sent as it starts) has reached the queue."""
-    router, state, queue_log, agent_log = _router(make_system(), still_timers)
+    router, state, queue_log, agent_log, queue = _router(make_system(), still_timers)
     wait_for(lambda: _demands(queue_log) == [(1, 4)])
-    return router, state, queue_log, agent_log
+    return router, state, queue_log, agent_log, queue
+
+
+def _settle(router: Any, queue: Any) -> None:
+    """Wait until the router has handled what it was sent, and the queue (a recorder)
+    what the router sent it meanwhile (both answer statistics in mailbox order)."""
+    router.ask(GetStatistics())
+    queue.ask(GetStatistics())
 
 
 def _demands(log: list[tuple[int, Any]]) -> list[tuple[int, int]]:
@@ -115,7 +122,9 @@ def _assigned(log: list[tuple[int, Any]]) -> int:
     return sum(len(m.records) for _, m in log if isinstance(m, Assign))
 
 
-def _run_one(router: Any, agent_log: list[tuple[int, Any]], grant: int, left: int) -> None:
+def _run_one(
+    router: Any, queue: Any, agent_log: list[tuple[int, Any]], grant: int, left: int
+) -> None:
     """The queue sends one task (echoing ``grant`` with ``left`` free slots), the agent
     gets it and releases it."""
     record = make_record()
@@ -123,32 +132,32 @@ def _run_one(router: Any, agent_log: list[tuple[int, Any]], grant: int, left: in
     router.tell(TasksReady(records=(record,), grant=grant, credits=(left,)))
     wait_for(lambda: _assigned(agent_log) == before + 1)
     router.tell(Released(agent_id="a1", outcomes=((record.task_id, "work", True, 1.0),)))
-    router.ask(GetStatistics())  # (answered in mailbox order: after the Released)
+    _settle(router, queue)
 
 
 def test_a_freed_slot_sends_no_demand_while_the_queue_has_half_left(
     idle_router: IdleRouter,
 ) -> None:
-    router, state, queue_log, agent_log = idle_router
-    _run_one(router, agent_log, grant=1, left=3)
-    _run_one(router, agent_log, grant=1, left=2)
+    router, state, queue_log, agent_log, queue = idle_router
+    _run_one(router, queue, agent_log, grant=1, left=3)
+    _run_one(router, queue, agent_log, grant=1, left=2)
     assert _demands(queue_log) == [(1, 4)]  # 3 and then 2 left of 4 wanted: held
     assert state.demand_held
     # 1 left while the task runs: still some, the Demand waits for the freed slot; then
     # 1 left of 4 wanted is under half: it goes.
-    _run_one(router, agent_log, grant=1, left=1)
+    _run_one(router, queue, agent_log, grant=1, left=1)
     wait_for(lambda: _demands(queue_log) == [(1, 4), (2, 4)])
     assert state.grant == 2 and not state.demand_held and state.credits is None
 
 
 def test_tasks_that_leave_the_queue_nothing_send_the_held_demand(idle_router: IdleRouter) -> None:
-    router, state, queue_log, agent_log = idle_router
-    _run_one(router, agent_log, grant=1, left=3)
+    router, state, queue_log, agent_log, queue = idle_router
+    _run_one(router, queue, agent_log, grant=1, left=3)
     assert state.demand_held
     # A task that goes on running, 1 left: the queue can still send the next one at once.
     router.tell(TasksReady(records=(make_record(),), grant=1, credits=(1,)))
     wait_for(lambda: _assigned(agent_log) == 2)
-    router.ask(GetStatistics())
+    _settle(router, queue)
     assert _demands(queue_log) == [(1, 4)] and state.demand_held
     # One more, nothing left: the next task would wait in the queue. The Demand goes, of
     # the 2 free slots now.
@@ -157,19 +166,19 @@ def test_tasks_that_leave_the_queue_nothing_send_the_held_demand(idle_router: Id
 
 
 def test_an_echo_of_an_older_demand_says_nothing_of_what_is_left(idle_router: IdleRouter) -> None:
-    router, state, queue_log, agent_log = idle_router
+    router, state, queue_log, agent_log, queue = idle_router
     # Sent by the queue before it had grant 1: its credits are not those of grant 1.
-    _run_one(router, agent_log, grant=0, left=3)
+    _run_one(router, queue, agent_log, grant=0, left=3)
     wait_for(lambda: _demands(queue_log) == [(1, 4), (2, 4)])
     assert state.credits is None
 
 
 def test_a_held_demand_goes_out_at_the_refresh_tick(make_system: Any) -> None:
     system: ActorSystem = make_system()
-    router, state, queue_log, agent_log = _router(system, system.runtime.timers)
+    router, state, queue_log, agent_log, queue = _router(system, system.runtime.timers)
     wait_for(lambda: _demands(queue_log)[:1] == [(1, 4)])
     grant = state.grant
-    _run_one(router, agent_log, grant=grant, left=3)
+    _run_one(router, queue, agent_log, grant=grant, left=3)
     # Held (or, on a slow machine, already refreshed by a tick): sent within a refresh.
     wait_for(lambda: _demands(queue_log)[-1][0] > grant, DEMAND_REFRESH_S + 5.0)
     assert _demands(queue_log)[-1][1] == 4
@@ -180,11 +189,11 @@ def test_a_tick_of_the_reports_is_not_a_demand_refresh(
 ) -> None:
     system: ActorSystem = make_system()
     clock = StillClock(100.0)
-    router, state, queue_log, _ = _router(system, still_timers, clock=clock)
+    router, state, queue_log, _, queue = _router(system, still_timers, clock=clock)
     wait_for(lambda: _demands(queue_log) == [(1, 4)])  # on_start, at 100.0
     clock.at = 100.0 + DEMAND_REFRESH_S / 2
     router.tell(Tick())  # (as the routing latencies' tick would come)
-    router.ask(GetStatistics())
+    _settle(router, queue)
     assert _demands(queue_log) == [(1, 4)]
     assert state.timer.due == 100.0 + DEMAND_REFRESH_S  # the refresh, armed for its time
     clock.at = 100.0 + DEMAND_REFRESH_S
