@@ -341,10 +341,11 @@ class RouterActor(Actor):
     def _send_demand(self, *, lazy: bool = False) -> None:
         """Tell the queue how many tasks the agents can take now. ``lazy``: not if the
         queue has enough left of the last Demand (see :func:`enough_left`); the Demand is
-        then held, and sent when a TasksReady shows the queue running low, or at the
-        refresh tick. At a low load this spares the queue a turn for most tasks: each
-        completion frees a slot, but the queue still has the credit to send the next
-        task the moment it comes."""
+        then held, and sent when a TasksReady shows the queue has nothing left for a slot
+        that wants tasks (:func:`run_out`), when a later freed slot finds it under half,
+        or at the refresh tick. At a low load this spares the queue a turn for most
+        tasks: each completion frees a slot, but the queue still has the credit to send
+        the next task the moment it comes."""
         state = self.state
         # Ask for what the agents have room for: their free slots plus, with a prefetch,
         # their buffers (tasks an agent holds to start the moment a slot frees, without a
