@@ -425,8 +425,7 @@ class AgentExecutor(Actor):
                 self._hand_waiting(out.jobs)
             self._flush(out)
         finally:
-            if out.jobs:  # (a failure still gives what it started to workers)
-                self._put_jobs(out.jobs)
+            self._put_jobs(out.jobs)  # (a failure still gives what it started to workers)
         return answer
 
     def _put_jobs(self, jobs: list[TaskContext]) -> None:

@@ -142,7 +142,7 @@ class Pending:
 _new_letter = object.__new__
 
 # Wakes an idle shell so it applies a pending directive.
-_AnyShell = Any  # _Shell | _SharedShell (both have abandoned, is_abandoned, detach, shared)
+_AnyShell = Any  # _Shell | _SharedShell (both have abandoned, detach, shared)
 _WAKEUP: Final = _Letter(None, None)
 
 
@@ -169,11 +169,6 @@ class _Shell(pykka.ThreadingActor):
 
     def on_receive(self, letter: _Letter) -> None:
         self.cell._deliver(self, letter)
-
-    def is_abandoned(self) -> bool:
-        """True once the watchdog or a stop timeout replaced this shell (read fresh:
-        another thread sets it while this one runs a handler)."""
-        return self.abandoned
 
     def detach(self) -> None:
         """End this shell's pykka loop without it touching the shared mailbox again."""
