@@ -290,12 +290,22 @@ class AgentState:
     def report_done(self, done: _Done) -> None:
         """On a handler's thread: put an ended attempt in the completion line and ring the
         executor unless a ring is already on its way. The executor clears ``rung`` before
-        it empties the line, so no completion is ever left without a ring."""
+        it empties the line, so no completion is ever left without a ring.
+
+        Caller-runs: if the dispatcher is idle, this thread runs the executor's turn (and
+        the turns it causes) itself rather than waking the dispatcher's thread for them
+        (see :meth:`~actors.cell.Dispatcher.claim`)."""
         self.done.append(done)
         if not self.rung:
             self.rung = True
-            assert self.ref is not None
-            ring(self.ref, _WORK_DONE)
+            ref = self.ref
+            assert ref is not None
+            lent = ref.claim_dispatcher()
+            try:
+                ring(ref, _WORK_DONE)
+            finally:
+                if lent is not None:
+                    lent.run()
 
     def report_start(self, context: TaskContext, started: float) -> None:
         """On a handler's thread: a handed attempt starts now (see ``handed``)."""

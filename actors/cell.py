@@ -25,6 +25,8 @@ import queue
 import threading
 import time
 import traceback
+from _thread import get_ident as _get_ident
+from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Final
@@ -238,6 +240,16 @@ class _DispatcherShell(pykka.ThreadingActor):
 
     def on_receive(self, cell: Cell) -> None:
         dispatcher = self.dispatcher
+        lock = dispatcher.take_run_lock()
+        try:
+            self._run_turns(cell)
+        finally:
+            if dispatcher.running is threading.current_thread():
+                dispatcher.running = None
+            lock.release()
+
+    def _run_turns(self, cell: Cell) -> None:
+        dispatcher = self.dispatcher
         runq = dispatcher.runq
         turn = dispatcher.turn
         while True:
@@ -267,6 +279,41 @@ class _DispatcherShell(pykka.ThreadingActor):
         pykka.ActorRegistry.unregister(self.actor_ref)
 
 
+class LentThread:
+    """A claim on an idle dispatcher by the thread that made it (see
+    :meth:`Dispatcher.claim`): the turns it schedules wait in ``line`` until :meth:`run`."""
+
+    __slots__ = ("dispatcher", "line", "lock", "thread")
+
+    def __init__(self, dispatcher: Dispatcher, lock: threading.Lock) -> None:
+        self.dispatcher = dispatcher
+        self.lock = lock
+        self.line: deque[_Ready] = deque()
+        self.thread = threading.current_thread()
+
+    def run(self) -> None:
+        """Run the turns waiting in the line, and those they cause, on this thread (at
+        most the dispatcher's ``throughput``; the rest go to its thread); then give the
+        dispatcher back. Call once, on the thread that claimed it, holding no lock a turn
+        might want."""
+        dispatcher = self.dispatcher
+        line = self.line
+        lock = self.lock
+        turn = dispatcher.turn
+        left = dispatcher.throughput
+        try:
+            while line and left > 0 and lock is dispatcher.run_lock:
+                try:
+                    ready = line.popleft()
+                except IndexError:  # the watchdog moved it (this thread was left behind)
+                    break
+                dispatcher.lent_turns += 1
+                turn(ready.message)
+                left -= 1
+        finally:
+            dispatcher._end_lending(self)
+
+
 class Dispatcher:
     """Runs the mailboxes of many cells on one thread (Akka's dispatcher).
 
@@ -286,18 +333,94 @@ class Dispatcher:
     gets no turn) until its supervisor's directive arrives; a restart reuses the mailbox.
     """
 
-    def __init__(self, name: str, throughput: int = 64) -> None:
+    def __init__(self, name: str, throughput: int = 64, *, lend_threads: bool = True) -> None:
         if throughput < 1:
             raise ValueError("throughput must be >= 1")
         self.name = name
         self.throughput = throughput
+        self.lend_threads = lend_threads
         self.runq: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
         self.turns = 0
+        self.lent_turns = 0
+        """Turns run on a thread lent by a caller (see :meth:`claim`), for statistics."""
         self.replacements = 0
+        self.run_lock = threading.Lock()
+        """Held by whichever thread runs turns: the dispatcher's own or a lent one. A new
+        lock replaces it when the thread holding it is left behind as hung."""
+        self.running: threading.Thread | None = None
+        """The thread holding ``run_lock`` now (the watchdog's suspect when a turn hangs)."""
+        self._lender: tuple[int, deque[_Ready]] | None = None
+        self._closed = False
         self._shell: _DispatcherShell | None = None
         self._lock = threading.Lock()
         self.log = _log.bind(dispatcher=name)
+
+    def ready(self, item: _Ready) -> None:
+        """Put a cell's entry in the run queue, or, on a thread that has claimed this
+        idle dispatcher (:meth:`claim`), in that claim's own line: the dispatcher's thread
+        is not woken for a turn the lent thread runs."""
+        lender = self._lender
+        if lender is not None and lender[0] == _get_ident():
+            lender[1].append(item)
+        else:
+            self.runq.put(item)
+
+    def claim(self) -> LentThread | None:
+        """Caller-runs: the calling thread takes this dispatcher over if it is idle.
+
+        At a low load the dispatcher's thread sleeps between tasks, and waking it is a
+        context switch and a hand-over of the interpreter lock, which on a busy host is
+        where latency goes. A thread that is about to send the pipeline work (a submit, a
+        handler that just ended) can instead run the turns that work causes itself: while
+        it holds the claim, the cells it schedules wait in the claim's line, and
+        :meth:`LentThread.run` runs them (at most ``throughput`` turns, the rest go to the
+        dispatcher's thread) and gives the dispatcher back. The turns are the same turns,
+        one at a time under ``run_lock``, in the same order; only the thread differs.
+
+        None, and nothing changes, when the dispatcher is busy (its thread holds the lock or
+        has turns waiting), stopped, or not lending threads: the caller then sends as usual.
+        """
+        if not self.lend_threads or self._closed or not self.runq.empty():
+            return None
+        lock = self.run_lock
+        if not lock.acquire(blocking=False):
+            return None
+        if lock is not self.run_lock or self._closed:  # replaced or stopped meanwhile
+            lock.release()
+            return None
+        lent = LentThread(self, lock)
+        self.running = lent.thread
+        self._lender = (_get_ident(), lent.line)
+        return lent
+
+    def take_run_lock(self) -> threading.Lock:
+        """On the dispatcher's thread: wait for ``run_lock`` (a lent thread may hold it);
+        the lock taken, which the caller releases. A lent thread left behind as hung
+        never releases its lock: the replacement lock is taken instead."""
+        while True:
+            lock = self.run_lock
+            if lock.acquire(timeout=0.05):
+                if lock is self.run_lock:
+                    self.running = threading.current_thread()
+                    return lock
+                lock.release()  # replaced while we waited: take the new one
+
+    def _end_lending(self, lent: LentThread) -> None:
+        """A claim ends: leftover turns go to the dispatcher's thread, the lock is given
+        back (unless the claim was replaced as hung: its lock is nobody's now)."""
+        if self._lender is not None and self._lender[1] is lent.line:
+            self._lender = None
+        if self.running is lent.thread and lent.lock is self.run_lock:
+            self.running = None
+        line = lent.line
+        while line:
+            try:
+                item = line.popleft()
+            except IndexError:  # the watchdog moved it meanwhile
+                break
+            self.runq.put(item)
+        lent.lock.release()
 
     def start(self) -> None:
         """Start the thread (once; later calls do nothing)."""
@@ -306,13 +429,38 @@ class Dispatcher:
                 _DispatcherShell.start(self)  # sets self._shell in its __init__
 
     def replace_thread(self, stuck: threading.Thread) -> bool:
-        """Leave ``stuck`` (the thread running now, hung in a message) behind and start a
-        new thread on the run queue; False if ``stuck`` is not the current thread any
-        more (someone replaced it already)."""
+        """Leave ``stuck`` (the thread running turns now, hung in a message) behind: the
+        run lock it holds is replaced, and if it is the dispatcher's own thread a new
+        thread takes the run queue over. A lent thread (see :meth:`claim`) is just left:
+        the turns waiting in its claim go to the run queue, and the dispatcher's thread
+        takes the new lock. False if ``stuck`` is not running turns here any more
+        (someone replaced it already)."""
         with self._lock:
             shell = self._shell
-            if shell is None or self.thread is not stuck:
+            if shell is None:
                 return False
+            if self.running is stuck and self.thread is not stuck:
+                lender, self._lender = self._lender, None
+                self.run_lock = threading.Lock()
+                self.running = None
+                self.replacements += 1
+                if lender is not None:
+                    line = lender[1]
+                    while line:
+                        try:
+                            item = line.popleft()
+                        except IndexError:  # the lent thread woke and took it
+                            break
+                        self.runq.put(item)
+                self.log.warning(
+                    "supervisor.dispatcher_replaced",
+                    replacements=self.replacements,
+                    lent_thread=stuck.name,
+                )
+                return True
+            if self.thread is not stuck:
+                return False
+            self.run_lock = threading.Lock()
             shell.detach()
             self.replacements += 1
             self.thread = None
@@ -325,6 +473,7 @@ class Dispatcher:
         a stopped cell has dead-lettered its mailbox already)."""
         with self._lock:
             shell, self._shell = self._shell, None
+            self._closed = True
         if shell is not None:
             shell.actor_ref.stop(block=False)
             thread = self.thread
@@ -435,14 +584,14 @@ class Cell:
             # Queued even if a turn of an earlier incarnation is still ending (a second
             # turn only finds nothing to do).
             self.scheduled = True
-            dispatcher.runq.put(self._ready)
+            dispatcher.ready(self._ready)
 
     def schedule(self) -> None:
         """Give a dispatcher's cell a turn (no effect if it has one coming)."""
         if not self.scheduled:
             self.scheduled = True
             assert self.dispatcher is not None
-            self.dispatcher.runq.put(self._ready)
+            self.dispatcher.ready(self._ready)
 
     def _start_incarnation(self, shell: _AnyShell, reason: BaseException | None) -> None:
         """On the shell's thread: make the instance and run ``on_start``."""
@@ -487,7 +636,7 @@ class Cell:
         self.mailbox.put(letter)
         if self.dispatcher is not None and not self.scheduled:
             self.scheduled = True
-            self.dispatcher.runq.put(self._ready)
+            self.dispatcher.ready(self._ready)
 
     def _deliver(self, shell: _AnyShell, letter: _Letter) -> None:
         """On the shell's thread: handle one letter."""
@@ -806,7 +955,7 @@ class Cell:
                 # The dispatcher's thread is stuck in this cell's message (or too slow
                 # to stop it): the other cells go on on a new thread; this one starts
                 # afresh when its supervisor restarts it.
-                stuck = shell.dispatcher.thread
+                stuck = shell.dispatcher.running or shell.dispatcher.thread
                 if stuck is not None:
                     shell.dispatcher.replace_thread(stuck)
                 self.scheduled = False
@@ -881,6 +1030,14 @@ class ActorRef:
     def name(self) -> str:
         """The actor's name (unique within its system)."""
         return self._cell.name
+
+    def claim_dispatcher(self) -> LentThread | None:
+        """Caller-runs: claim this actor's dispatcher for the calling thread if it is idle
+        (see :meth:`Dispatcher.claim`); None if the actor has a thread of its own or its
+        dispatcher is busy. Tell it, then call the claim's ``run()``: the turns the tell
+        causes run on this thread instead of waking the dispatcher's."""
+        dispatcher = self._cell.dispatcher
+        return None if dispatcher is None else dispatcher.claim()
 
     def tell(self, message: Any) -> None:
         """Send ``message`` without waiting; it is delivered in order, or dead-lettered."""

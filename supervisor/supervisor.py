@@ -49,13 +49,15 @@ class Runtime:
     cells: dict[str, Cell] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     dispatchers: dict[str, Dispatcher] = field(default_factory=dict)
+    lend_threads: bool = True
+    """Shared dispatchers accept caller-runs claims (:meth:`Dispatcher.claim`)."""
 
     def dispatcher(self, name: str) -> Dispatcher:
         """The shared dispatcher called ``name`` (made on first use)."""
         with self.lock:
             found = self.dispatchers.get(name)
             if found is None:
-                found = self.dispatchers[name] = Dispatcher(name)
+                found = self.dispatchers[name] = Dispatcher(name, lend_threads=self.lend_threads)
             return found
 
     def stop_dispatchers(self, timeout_s: float = 5.0) -> None:

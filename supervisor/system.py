@@ -58,11 +58,13 @@ class ActorSystem:
         hang_timeout_s: float | None,
         watchdog_interval_s: float,
         dead_letter_capacity: int,
+        lend_threads: bool = True,
     ) -> None:
         self.runtime = Runtime(
             dead_letters=DeadLetterOffice(dead_letter_capacity),
             timers=TimerService(),
             hang_timeout_s=hang_timeout_s,
+            lend_threads=lend_threads,
         )
         self._state = SupervisorState(ROOT, strategy, max_restarts, within_s, self.runtime, backoff)
         self._root = Cell(
@@ -90,11 +92,14 @@ class ActorSystem:
         hang_timeout_s: float | None = None,
         watchdog_interval_s: float = 0.05,
         dead_letter_capacity: int = 10_000,
+        lend_threads: bool = True,
     ) -> ActorSystem:
         """Start a system; OTP's default intensity is 1 restart in 5 seconds.
 
         ``hang_timeout_s`` (default off) is how long one message may run before the
         actor counts as hung and is replaced; ChildSpec may set its own.
+        ``lend_threads``: shared dispatchers accept caller-runs claims
+        (:meth:`~actors.cell.Dispatcher.claim`).
         """
         system = cls(
             strategy=strategy,
@@ -104,6 +109,7 @@ class ActorSystem:
             hang_timeout_s=hang_timeout_s,
             watchdog_interval_s=watchdog_interval_s,
             dead_letter_capacity=dead_letter_capacity,
+            lend_threads=lend_threads,
         )
         system._root.start()
         system._watchdog.start()
