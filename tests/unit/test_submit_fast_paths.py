@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import messages.task as task_module
 from messages import (
     Attempt,
     FrozenDict,
@@ -39,6 +41,7 @@ from messages.base import EMPTY_FROZEN_DICT, json_text, thaw_json
 from messages.task import (
     PRIORITY_MAX,
     PRIORITY_MIN,
+    RandomPool,
     attempt_entry,
     new_task_ids,
     queued_records,
@@ -359,7 +362,7 @@ def pinned_ids(
 
     with monkeypatch.context() as patch:
         patch.setattr(time, "time_ns", lambda: ns)
-        patch.setattr(os, "urandom", urandom)
+        patch.setattr(task_module, "_random_bytes", urandom)
         ids = new_task_ids(count)
     return ids, drawn
 
@@ -370,7 +373,7 @@ def single_ids(monkeypatch: pytest.MonkeyPatch, ns: int, random: bytes) -> list[
     for offset in range(0, len(random), 10):
         with monkeypatch.context() as patch:
             patch.setattr(time, "time_ns", lambda: ns)
-            patch.setattr(os, "urandom", lambda n, o=offset: random[o : o + n])
+            patch.setattr(task_module, "_random_bytes", lambda n, o=offset: random[o : o + n])
             ids.append(new_task_id())
     return ids
 
@@ -611,3 +614,65 @@ def test_queued_records_take_consecutive_sequences_from_a_hint() -> None:
     ]
     hinted = queued_records(specs, now=NOW, owner=None, max_attempts=3, first_sequence=41)
     assert [r.sequence for r in hinted] == [41, 42, 43]
+
+
+# -- the pool of random bytes ------------------------------------------------------------
+
+
+def test_the_pool_hands_out_each_drawn_byte_once_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    source = bytes(range(256)) * 2
+    draws: list[int] = []
+
+    def urandom(n: int) -> bytes:
+        start = sum(draws)
+        draws.append(n)
+        return source[start : start + n]
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    pool = RandomPool(chunk=64)
+    taken = [pool.take(10) for _ in range(6)]  # 60 of the first 64 bytes
+    assert draws == [64]
+    assert b"".join(taken) == source[:60]
+    assert pool.take(10) == source[64:74]  # 4 left: not enough, a new chunk (none reused)
+    assert draws == [64, 64]
+    assert pool.take(17) == source[128:145]  # over a quarter of the chunk: drawn directly
+    assert draws == [64, 64, 17]
+    assert pool.take(6) == source[74:80]  # the chunk goes on where it stopped
+
+
+def test_ids_made_in_a_forked_child_are_not_the_parents(tmp_path: Any) -> None:
+    new_task_id()  # the pool holds drawn bytes now; the child must not hand them out again
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, as text, to the parent
+        try:
+            os.close(read)
+            os.write(write, " ".join(str(new_task_id()) for _ in range(50)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    parent = {str(new_task_id()) for _ in range(50)}
+    assert len(child) == 50
+    assert not child & parent
+
+
+def test_concurrent_takes_never_share_a_byte() -> None:
+    pool = RandomPool(chunk=400)
+    taken: list[list[bytes]] = [[] for _ in range(4)]
+    barrier = threading.Barrier(4)
+
+    def take(mine: list[bytes]) -> None:
+        barrier.wait()
+        mine.extend(pool.take(10) for _ in range(500))
+
+    threads = [threading.Thread(target=take, args=(mine,)) for mine in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [piece for mine in taken for piece in mine]
+    assert len(every) == 2000 and all(len(piece) == 10 for piece in every)
+    assert len(set(every)) == 2000  # 80-bit random pieces: a repeat means a shared byte

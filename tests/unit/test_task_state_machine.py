@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -13,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from pydantic import ValidationError
 
+import messages.task as task_module
 from messages import (
     MANUAL_TRANSITIONS,
     TERMINAL_STATES,
@@ -183,7 +183,7 @@ def pinned_task_id(
 
     with monkeypatch.context() as patch:
         patch.setattr(time, "time_ns", lambda: ns)
-        patch.setattr(os, "urandom", urandom)
+        patch.setattr(task_module, "_random_bytes", urandom)
         task_id = new_task_id()
     assert len(drawn) == 1
     return task_id, int.from_bytes(drawn[0], "big")
