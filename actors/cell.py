@@ -331,6 +331,10 @@ class Dispatcher:
 
     Supervision is the same as on a thread of one's own: a failed actor is suspended (it
     gets no turn) until its supervisor's directive arrives; a restart reuses the mailbox.
+
+    Caller-runs (``lend_threads``): a thread about to send an idle dispatcher work may run
+    the turns it causes itself (:meth:`claim`); whoever runs turns holds ``run_lock``, so
+    they still run one at a time.
     """
 
     def __init__(self, name: str, throughput: int = 64, *, lend_threads: bool = True) -> None:
