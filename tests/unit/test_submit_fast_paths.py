@@ -638,6 +638,12 @@ def test_the_pool_hands_out_each_drawn_byte_once_in_order(monkeypatch: pytest.Mo
     assert pool.take(17) == source[128:145]  # over a quarter of the chunk: drawn directly
     assert draws == [64, 64, 17]
     assert pool.take(6) == source[74:80]  # the chunk goes on where it stopped
+    assert pool.take(16) == source[80:96]  # a quarter of the chunk: still from the pool
+    assert pool.take(16) == source[96:112]
+    assert pool.take(16) == source[112:128]  # ends exactly at the chunk's end: no new draw
+    assert draws == [64, 64, 17]
+    assert pool.take(1) == source[145:146]  # nothing left in the chunk: a new one
+    assert draws == [64, 64, 17, 64]
 
 
 def test_ids_made_in_a_forked_child_are_not_the_parents(tmp_path: Any) -> None:
