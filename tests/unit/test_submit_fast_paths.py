@@ -646,6 +646,22 @@ def test_the_pool_hands_out_each_drawn_byte_once_in_order(monkeypatch: pytest.Mo
     assert draws == [64, 64, 17, 64]
 
 
+def test_a_new_or_reset_pool_draws_before_it_hands_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    draws: list[bytes] = []
+
+    def urandom(n: int) -> bytes:
+        draws.append(bytes([len(draws)]) * n)
+        return draws[-1]
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    pool = RandomPool(chunk=64)
+    assert pool.take(2) == b"\x00\x00"  # from a draw, even for fewer bytes than are held
+    assert pool.take(3) == b"\x00\x00\x00"
+    pool.reset()  # (what a forked child does): the rest of the chunk is never handed out
+    assert pool.take(2) == b"\x01\x01"
+    assert [len(drawn) for drawn in draws] == [64, 64]
+
+
 def test_ids_made_in_a_forked_child_are_not_the_parents(tmp_path: Any) -> None:
     new_task_id()  # the pool holds drawn bytes now; the child must not hand them out again
     read, write = os.pipe()
