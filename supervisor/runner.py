@@ -225,13 +225,13 @@ class RunnerConfig(BaseModel):
     lend_threads: bool = True
     """Caller-runs on the shared dispatcher: while it is idle (a low load), a ``submit``
     runs the queue's, router's and agent's turns for its tasks on the submitting thread,
-    and a handler's thread that just ended an attempt runs the agent's turn that records
-    it, instead of waking the dispatcher's thread for them (a context switch and a
-    hand-over of the interpreter lock each, most of a task's latency on a busy host). The
-    turns are the same, one at a time, in the same order; a busy dispatcher is never
-    waited for (its thread runs them as before). The cost: ``submit`` returns after those
-    turns (tens to a few hundred microseconds) when the pipeline was idle. False: every
-    turn on the dispatcher's thread."""
+    and a handler's thread that just ended an attempt (an async agent's event loop thread)
+    runs the agent's turn that records it, instead of waking the dispatcher's thread for
+    them (a context switch and a hand-over of the interpreter lock each, most of a task's
+    latency on a busy host). The turns are the same, one at a time, in the same order; a
+    busy dispatcher is never waited for (its thread runs them as before). The cost:
+    ``submit`` returns after those turns (tens to a few hundred microseconds) when the
+    pipeline was idle. False: every turn on the dispatcher's thread."""
     gc_freeze: bool = True
     """At start, collect garbage once, then move every object alive (modules, classes, the
     host's start-up state, the actors) out of the cyclic garbage collector's sight
