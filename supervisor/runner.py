@@ -231,7 +231,10 @@ class RunnerConfig(BaseModel):
     latency on a busy host). The turns are the same, one at a time, in the same order; a
     busy dispatcher is never waited for (its thread runs them as before). The cost:
     ``submit`` returns after those turns (tens to a few hundred microseconds) when the
-    pipeline was idle. False: every turn on the dispatcher's thread."""
+    pipeline was idle. Only with a store the pipeline writes itself (``memory://``): with a
+    journal thread committing its writes, lent threads let the pipeline run ahead of the
+    commits (more finished attempts re-run after a crash). False: every turn on the
+    dispatcher's thread."""
     gc_freeze: bool = True
     """At start, collect garbage once, then move every object alive (modules, classes, the
     host's start-up state, the actors) out of the cyclic garbage collector's sight
@@ -475,6 +478,11 @@ class TaskRunner:
         # inserts new tasks itself, and the pipeline writes its updates itself (see
         # Wiring.persist); the journal's thread is not on the way of either.
         direct = store.concurrent_inserts and not self._shared and journal.local is None
+        # Caller-runs only there (set before the pipeline's dispatcher is made). With a
+        # journal thread committing the pipeline's writes, lent threads let the pipeline run
+        # ahead of its group commits: more finished attempts wait uncommitted, and re-run
+        # after a crash (48 against at most 32 expected in tests/acceptance/test_crash_recovery).
+        system.runtime.lend_threads = config.lend_threads and direct
         wiring = Wiring(
             peers=peers,
             clock=self.clock,

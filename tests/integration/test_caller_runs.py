@@ -213,6 +213,21 @@ def test_a_turn_hung_on_a_lent_thread_is_left_behind_and_the_dispatcher_goes_on(
     _claim(refs["other"]).run()
 
 
+def test_a_runner_on_a_journaled_store_does_not_lend_threads(tmp_path: Any) -> None:
+    # Its journal commits the pipeline's writes on a thread of its own: lent threads would
+    # let the pipeline run ahead of those commits (more attempts re-run after a crash).
+    config = RunnerConfig(store=f"sqlite:///{tmp_path / 'tasks.db'}")
+    with TaskRunner.start(config) as runner:
+        runner.register_agent(
+            {"agent_id": "a", "capabilities": ["t"], "max_concurrency": 1}, lambda task: None
+        )
+        handle = runner.submit({"type": "t"})
+        assert handle.result(timeout=WAIT_S) is None
+        dispatchers = list(runner.system.runtime.dispatchers.values())
+        assert dispatchers and all(d.lend_threads is False for d in dispatchers)
+        assert all(d.lent_turns == 0 for d in dispatchers)
+
+
 @pytest.mark.parametrize("lend", [True, False], ids=["lent", "not-lent"])
 def test_an_idle_runner_runs_a_submits_turns_on_the_submitting_thread(lend: bool) -> None:
     ran_on: list[str] = []
