@@ -149,9 +149,9 @@ def test_sigkilled_worker_loses_no_task_and_reruns_only_uncommitted_ones(
     # In flight = running (<= CONCURRENCY) + finished and waiting in the journal's mailbox
     # for its next group commit. An agent's slot is freed before that commit, so the
     # second part grows with the commit's duration: up to 19 seen with 8 slots while SQLite
-    # commits took about 1 ms, 34-48 when they took 13-18 ms (the same code of the day
-    # before too: the VM's disk, not the runtime). A bound, not a figure to hit: what must
-    # hold exactly is above (only uncommitted attempts ran again).
+    # was quick (a paced task's p95 about 1 ms), 34-48 on an afternoon when it was not
+    # (13-18 ms, for the code before and after that day's changes alike). A bound, not a
+    # figure to hit: what must hold exactly is above (only uncommitted attempts ran again).
     assert len(duplicates) <= 8 * CONCURRENCY
 
 
