@@ -417,14 +417,18 @@ class Dispatcher:
             self._lender = None
         if self.running is lent.thread and lent.lock is self.run_lock:
             self.running = None
-        line = lent.line
+        self._requeue(lent.line)
+        lent.lock.release()
+
+    def _requeue(self, line: deque[_Ready]) -> None:
+        """Move a claim's waiting turns to the run queue (the claiming thread and the
+        watchdog may both do it: each entry goes to exactly one of them)."""
         while line:
             try:
                 item = line.popleft()
-            except IndexError:  # the watchdog moved it meanwhile
+            except IndexError:  # the other one took it meanwhile
                 break
             self.runq.put(item)
-        lent.lock.release()
 
     def start(self) -> None:
         """Start the thread (once; later calls do nothing)."""
@@ -449,13 +453,7 @@ class Dispatcher:
                 self.running = None
                 self.replacements += 1
                 if lender is not None:
-                    line = lender[1]
-                    while line:
-                        try:
-                            item = line.popleft()
-                        except IndexError:  # the lent thread woke and took it
-                            break
-                        self.runq.put(item)
+                    self._requeue(lender[1])
                 self.log.warning(
                     "supervisor.dispatcher_replaced",
                     replacements=self.replacements,

@@ -419,7 +419,6 @@ class TaskRunner:
             strategy=Strategy.ONE_FOR_ONE,
             max_restarts=config.max_restarts,
             within_s=config.within_s,
-            lend_threads=config.lend_threads,
         )
         self._system = system
         self._shared = store.shared
@@ -481,7 +480,7 @@ class TaskRunner:
         # Caller-runs only there (set before the pipeline's dispatcher is made). With a
         # journal thread committing the pipeline's writes, lent threads let the pipeline run
         # ahead of its group commits: more finished attempts wait uncommitted, and re-run
-        # after a crash (48 against at most 32 expected in tests/acceptance/test_crash_recovery).
+        # after a crash (48 in tests/acceptance/test_crash_recovery, where 19 had been seen).
         system.runtime.lend_threads = config.lend_threads and direct
         wiring = Wiring(
             peers=peers,
