@@ -36,7 +36,7 @@ from typing import Any, Final
 
 from actors.base import Actor
 from actors.cell import ActorRef
-from actors.pipeline import HeldReports, TickTimer, Wiring, ring
+from actors.pipeline import HeldReports, OutcomeWindow, TickTimer, Wiring, ring
 from messages.base import EMPTY_FROZEN_DICT, freeze_json, thaw_json
 from messages.errors import PermanentError
 from messages.pipeline import (
@@ -77,6 +77,7 @@ class TaskContext:
         "_cancelled",
         "_early",
         "_frozen_payload",
+        "_held",
         "_payload",
         "agent_id",
         "attempt",
@@ -101,6 +102,11 @@ class TaskContext:
     # True when the executor handed the attempt to its workers ahead of a free slot (a
     # prefetched task): the worker that takes it reports when it starts.
     _early: bool
+    # With an outcome window (a journal store): ``[1]`` while the attempt holds a window
+    # credit, unset before. Given back by whoever pops it first (``list.pop`` is atomic):
+    # the executor once the outcome is written or the attempt given up, or the worker
+    # that finds the attempt cancelled after taking the credit.
+    _held: list[int]
 
     def __init__(
         self,
@@ -167,6 +173,7 @@ _set_deadline = _SET_SLOT["deadline"]
 _set_trace_context = _SET_SLOT["trace_context"]
 _set_cancelled = _SET_SLOT["_cancelled"]
 _set_early = _SET_SLOT["_early"]
+_set_held = _SET_SLOT["_held"]
 _new_context = object.__new__
 
 
@@ -315,9 +322,15 @@ class AgentState:
             assert self.ref is not None
             ring(self.ref, _WORK_DONE)
 
-    def start_workers(self, ref: ActorRef, monotonic: Callable[[], float]) -> None:
+    def start_workers(
+        self,
+        ref: ActorRef,
+        monotonic: Callable[[], float],
+        window: OutcomeWindow | None = None,
+    ) -> None:
         """Create the pool or the loop thread (once; they outlive restarts). ``monotonic``
-        is the runner clock's, which times the attempts."""
+        is the runner clock's, which times the attempts; ``window``: the outcome window a
+        worker takes a credit of before each attempt (None: no window)."""
         self.ref = ref
         self.monotonic = monotonic
         if self.is_async:
@@ -336,6 +349,7 @@ class AgentState:
                 self.report_done,
                 monotonic,
                 self.report_start,
+                window,
             )
 
     def stop_workers(self) -> None:
@@ -357,6 +371,7 @@ class _Out:
     released: list[tuple[uuid.UUID, str, bool, float]] = field(default_factory=list)
     outcomes: list[OutcomeItem] = field(default_factory=list)
     jobs: list[TaskContext] = field(default_factory=list)  # for the workers, put last
+    settles: int = 0  # outcome-window credits the write of ``persist`` gives back
 
 
 class AgentExecutor(Actor):
@@ -369,7 +384,9 @@ class AgentExecutor(Actor):
 
     # -- lifecycle ------------------------------------------------------------------------
     def on_start(self) -> None:
-        self.state.start_workers(self.context.self_ref, self.wiring.clock.monotonic)
+        self.state.start_workers(
+            self.context.self_ref, self.wiring.clock.monotonic, self.wiring.window
+        )
         state = self.state
         state.given_back.clear()
         # Attempts that ended before the crash are recorded first (their ring may have
@@ -579,6 +596,11 @@ class AgentExecutor(Actor):
         free = state.spec.max_concurrency - len(state.running)
         if not waiting or free <= 0 or state.handed:
             return
+        window = self.wiring.window if state.is_async else None  # (sync: the workers take)
+        if window is not None:
+            free = window.try_enter(min(free, len(waiting)), state, self._rung_for_credits)
+            if not free:
+                return
         clock = self.wiring.clock
         now = clock.now()
         mono = clock.monotonic()
@@ -612,10 +634,18 @@ class AgentExecutor(Actor):
                     "task.started", record.task_id, agent_id=agent_id, attempt=running.attempt
                 )
             if is_async:
+                if window is not None:
+                    _set_held(context, [1])
                 run.future = launch(context)
             else:
                 jobs.append(context)
             self._watch_timeout(run)
+
+    def _rung_for_credits(self) -> None:
+        """Window credits came back (on the releasing thread): a turn to start attempts."""
+        ref = self.state.ref
+        if ref is not None:
+            ring(ref, _WORK_DONE)
 
     def _launch(self, context: TaskContext) -> Future[Any]:
         """Start an attempt on the async handler's event loop (a sync handler's attempts
@@ -646,6 +676,8 @@ class AgentExecutor(Actor):
         early = self._take_started(out, {id(done[0]) for done in ended} if ended else None)
         if not ended:
             return
+        if self.wiring.window is not None:
+            out.settles += _settled(ended)
         running = state.running
         now = self.wiring.clock.now()
         hub = self.wiring.hub
@@ -784,9 +816,27 @@ class AgentExecutor(Actor):
         context = self.state.handed.pop(key, None)
         if context is not None:
             context._cancelled[0] = True
+            self._give_up_credit(context)
+
+    def _give_up_credit(self, context: TaskContext) -> None:
+        """An attempt is given up (after its cancelled flag was set): its window credit, if
+        it holds one, goes back now. Its thread may still run it; a late outcome of it is
+        a zombie's and gives back nothing."""
+        window = self.wiring.window
+        if window is None:
+            return
+        held = getattr(context, "_held", None)
+        if not held:
+            return
+        try:
+            held.pop()
+        except IndexError:
+            return  # its worker gave it back meanwhile (it saw the flag)
+        window.release(1)
 
     def _stop_attempt(self, run: _Run) -> None:
         run.context._cancelled[0] = True
+        self._give_up_credit(run.context)
         if self.state.pool is not None:
             self.state.pool.replace_stuck()
         if run.future is not None:
@@ -835,8 +885,8 @@ class AgentExecutor(Actor):
     def _flush(self, out: _Out) -> None:
         peers = self.wiring.peers
         agent_id = self.state.spec.agent_id
-        if out.persist:
-            self.wiring.persist(tuple(out.persist))
+        if out.persist or out.settles:
+            self.wiring.persist(tuple(out.persist), out.settles)
         if out.retry:
             peers.get("retry").tell(
                 RetryTask.fast(
@@ -919,6 +969,18 @@ def _attempt(
     return attempt_entry(number, agent_id, started_at, now, outcome, error)
 
 
+def _settled(ended: list[_Done]) -> int:
+    """Take the window credits of ended attempts (each a context's ``_held``); how many.
+    An attempt given up before it ended gave its credit back then."""
+    count = 0
+    for done in ended:
+        held = getattr(done[0], "_held", None)
+        if held:
+            held.pop()  # (no other thread pops it now: its worker popped before it ran)
+            count += 1
+    return count
+
+
 class _Workers:
     """``size`` threads running a sync handler on jobs, each waking only for a job.
 
@@ -948,8 +1010,10 @@ class _Workers:
         report: Callable[[_Done], None],
         monotonic: Callable[[], float],
         report_start: Callable[[TaskContext, float], None],
+        window: OutcomeWindow | None = None,
     ) -> None:
         self._report_start = report_start
+        self._window = window
         self._handler = handler
         self._report = report
         self._monotonic = monotonic
@@ -1028,11 +1092,28 @@ class _Workers:
                 self.parks += 1
             bell.get()  # rung by a submit (the job may be taken by a busier worker first)
 
+    @staticmethod
+    def _take_credit(window: OutcomeWindow, context: TaskContext) -> bool:
+        """Take a window credit for ``context`` (waiting while the store's commits are
+        behind); False if the attempt was given up meanwhile (the credit went back)."""
+        window.enter()
+        held = [1]
+        _set_held(context, held)  # before the look at the flag (see TaskContext._held)
+        if not context._cancelled[0]:
+            return True
+        try:
+            held.pop()
+        except IndexError:
+            return False  # the executor gave it back (it set the flag, then saw the credit)
+        window.release(1)
+        return False
+
     def _run(self) -> None:
         handler = self._handler
         report = self._report
         monotonic = self._monotonic
         report_start = self._report_start
+        window = self._window
         bell: queue.SimpleQueue[bool] = queue.SimpleQueue()
         take = self._next
         while True:
@@ -1041,6 +1122,8 @@ class _Workers:
                 return
             if context._cancelled[0]:
                 continue  # cancelled, timed out or given back before it started
+            if window is not None and not self._take_credit(window, context):
+                continue  # given up while it waited for the credit
             if context._early:
                 report_start(context, monotonic())
             try:

@@ -10,6 +10,9 @@ each a synchronisation primitive rather than data an actor computes with:
 * :class:`ResultWaiters` — futures that ``TaskHandle.result()`` waits on; the journal
   resolves them when it records a terminal state.
 * :class:`EventHub` — lifecycle event subscribers; actors publish only when someone listens.
+* :class:`OutcomeWindow` — attempts started and not yet settled in the store, as credits:
+  a worker takes one before it runs a handler, the journal gives them back when it has
+  committed the outcomes. Backpressure from the store's commits to the agents.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ __all__ = [
     "Clock",
     "EventHub",
     "HeldReports",
+    "OutcomeWindow",
     "Peers",
     "ResultWaiters",
     "SystemClock",
@@ -157,6 +161,101 @@ class Admission:
         return self._held
 
 
+class OutcomeWindow:
+    """Credits for attempts whose outcome the store has not committed yet (a store written
+    by the journal's thread: SQLite, PostgreSQL).
+
+    A worker takes a credit before it runs a handler (:meth:`enter`, blocking while none
+    is left); an async agent takes them before it starts attempts (:meth:`try_enter`,
+    never blocking: it is rung when credits come back). The credit comes back
+    (:meth:`release`) when the journal has committed the agent's write of the outcome,
+    when the attempt is given up (timed out, cancelled, abandoned), or when that write is
+    orphaned. So at any moment at most ``limit`` attempts have run, or run now, without
+    their outcome in the store: after a ``kill -9`` at most that many tasks run again.
+    ``limit`` is ``extra`` plus the agents' slots (the sum of their max_concurrency):
+    running attempts alone never fill it, and ``extra`` is how far the handlers may get
+    ahead of the commits. Without it, a slow or failing store (a commit that takes 15 ms,
+    an outage the journal rides out) let the agents go on running tasks whose outcomes
+    only pile up in the journal's mailbox.
+    """
+
+    def __init__(self, extra: int) -> None:
+        if extra < 0:
+            raise ValueError("extra must be >= 0")
+        self.extra = extra
+        self.slots = 0
+        self.held = 0
+        self.waits = 0
+        """How many times an attempt waited for a credit (statistics)."""
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._sleepers = 0
+        self._wakers: dict[int, Callable[[], None]] = {}
+        self._closed = False
+
+    @property
+    def limit(self) -> int:
+        """Credits in all: ``extra`` plus the agents' slots."""
+        return self.extra + self.slots
+
+    def add_slots(self, count: int) -> None:
+        """An agent with ``count`` slots came (a negative count: went)."""
+        with self._lock:
+            self.slots = max(0, self.slots + count)
+        self._wake()
+
+    def enter(self) -> None:
+        """Take a credit, waiting while none is left (a worker, before running a
+        handler). Returns at once once the window is closed (the runner stops)."""
+        with self._lock:
+            if self.held >= self.extra + self.slots and not self._closed:
+                self.waits += 1
+                self._sleepers += 1
+                try:
+                    while self.held >= self.extra + self.slots and not self._closed:
+                        self._room.wait()
+                finally:
+                    self._sleepers -= 1
+            self.held += 1
+
+    def try_enter(self, count: int, key: object, waker: Callable[[], None]) -> int:
+        """Take up to ``count`` credits without waiting; how many were taken. If fewer,
+        ``waker()`` is called (once per ``key``, from the releasing thread) when credits
+        come back."""
+        with self._lock:
+            room = count if self._closed else max(0, self.extra + self.slots - self.held)
+            taken = min(count, room)
+            self.held += taken
+            if taken < count:
+                self.waits += 1
+                self._wakers[id(key)] = waker
+        return taken
+
+    def release(self, count: int) -> None:
+        """Give ``count`` credits back (their outcomes are committed, or given up)."""
+        if count <= 0:
+            return
+        with self._lock:
+            self.held = max(0, self.held - count)
+        self._wake()
+
+    def close(self) -> None:
+        """No more waiting (the runner stops): wake everyone, admit everything."""
+        with self._lock:
+            self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._lock:
+            if self.held >= self.extra + self.slots and not self._closed:
+                return
+            if self._sleepers:
+                self._room.notify_all()
+            wakers, self._wakers = list(self._wakers.values()), {}
+        for waker in wakers:
+            waker()
+
+
 class ResultWaiters:
     """Futures for ``TaskHandle.result()``, resolved by the journal on terminal states."""
 
@@ -241,8 +340,12 @@ class Wiring:
     direct_store: TaskStore | None = None
     """Set when the pipeline writes its updates into the store itself (a store with
     ``concurrent_inserts``, ``memory://``, not shared, no pickup): see :meth:`persist`."""
+    window: OutcomeWindow | None = None
+    """With a journal thread committing the writes: the attempts not yet settled in the
+    store (``RunnerConfig.commit_window``). None with a ``direct_store`` (every write is
+    in the store before its writer goes on)."""
 
-    def persist(self, records: tuple[TaskRecord, ...]) -> None:
+    def persist(self, records: tuple[TaskRecord, ...], settles: int = 0) -> None:
         """Write new versions of tasks to the store, in the order they were made.
 
         Through the journal (one group commit for what its mailbox holds), or, with a
@@ -252,10 +355,14 @@ class Wiring:
         reach the store in the order they were made, as through the journal's one
         mailbox. Whoever waits for a task that reached a terminal state is woken.
         A store error propagates to the calling actor, whose supervisor handles it.
+        ``settles``: the window credits of the attempts whose outcomes these are (the
+        journal gives them back once it has committed them).
         """
         store = self.direct_store
         if store is None:
-            self.peers.get("journal").tell(Persist.fast(records=records, redelivered=False))
+            self.peers.get("journal").tell(
+                Persist.fast(records=records, redelivered=False, settles=settles)
+            )
             return
         # An agent's batch often holds a task's RUNNING and its COMPLETED: the store holds
         # the same after writing only the last (its batch is all or nothing).

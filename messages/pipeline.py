@@ -11,6 +11,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from pydantic import Field
+
 from messages.base import Message
 from messages.health import HealthStatus
 from messages.routing import AgentView
@@ -67,9 +69,12 @@ class Append(CarriesTasks):
 
 
 class Persist(CarriesTasks):
-    """Any actor -> journal: record new versions of existing tasks."""
+    """Any actor -> journal: record new versions of existing tasks. ``settles``: how many
+    outcome-window credits the journal gives back once these are committed (an agent's
+    ended attempts, see ``actors.pipeline.OutcomeWindow``)."""
 
     records: tuple[TaskRecord, ...]
+    settles: int = Field(default=0, ge=0)
 
 
 class Enqueue(CarriesTasks):

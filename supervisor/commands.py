@@ -89,6 +89,13 @@ def add_commands(sub: Any) -> None:
         "--concurrency", type=_positive_int, default=4, help="tasks at once per handler"
     )
     worker.add_argument(
+        "--commit-window",
+        type=_non_negative_int,
+        default=256,
+        help="attempts beyond the slots that may run ahead of the store's commits; bounds "
+        "what runs again after a kill -9 (see RunnerConfig.commit_window)",
+    )
+    worker.add_argument(
         "--drain", action="store_true", help="exit 0 once no task in the store is unfinished"
     )
     worker.add_argument(
@@ -168,6 +175,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 
@@ -290,6 +304,7 @@ def _worker(args: argparse.Namespace) -> int:
             lease_s=args.lease,
             claim_interval_s=args.claim_interval,
             store_wait_s=args.store_wait,
+            commit_window=args.commit_window,
         )
         try:
             for task_type, function in handlers.items():

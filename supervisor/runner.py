@@ -56,6 +56,7 @@ from actors.performance import PerformanceActor, PerformanceState
 from actors.pipeline import (
     Admission,
     EventHub,
+    OutcomeWindow,
     Peers,
     ResultWaiters,
     SystemClock,
@@ -222,6 +223,15 @@ class RunnerConfig(BaseModel):
     own threads. The journal of a durable store, the health monitor (it runs checks with
     timeouts), the events actor (it calls subscribers) and the claimer (it queries
     PostgreSQL) always have their own threads: they may block."""
+    commit_window: int = Field(default=256, ge=0)
+    """With a store the journal's thread commits (SQLite, PostgreSQL): how many attempts
+    beyond the agents' slots may have run without their outcome committed yet. A worker
+    waits before it starts an attempt while the store is that far behind (a slow commit,
+    an outage the journal rides out): backpressure from the store to the handlers rather
+    than outcomes piling up in memory. It bounds what runs again after a ``kill -9``: at
+    most ``commit_window`` + the sum of the agents' max_concurrency tasks (the attempts
+    whose handler ran, or runs, and whose outcome the store has not committed). Not used
+    with ``memory://`` (the pipeline writes each outcome before it goes on)."""
     lend_threads: bool = True
     """Caller-runs on the shared dispatcher: while it is idle (a low load), a ``submit``
     runs the queue's, router's and agent's turns for its tasks on the submitting thread,
@@ -402,6 +412,8 @@ class TaskRunner:
         self._insert_lock = threading.Lock()
         self._claimer_state = ClaimerState()
         self._agent_slots: dict[str, tuple[frozenset[str], int]] = {}
+        self._window: OutcomeWindow | None = None  # see RunnerConfig.commit_window
+        self._concurrency: dict[str, int] = {}  # agent id -> max_concurrency
         self._stop_listening: Callable[[], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -482,6 +494,7 @@ class TaskRunner:
         # ahead of its group commits: more finished attempts wait uncommitted, and re-run
         # after a crash (48 in tests/acceptance/test_crash_recovery, where 19 had been seen).
         system.runtime.lend_threads = config.lend_threads and direct
+        window = self._window = None if direct else OutcomeWindow(config.commit_window)
         wiring = Wiring(
             peers=peers,
             clock=self.clock,
@@ -490,6 +503,7 @@ class TaskRunner:
             waiters=self._waiters,
             admission=self._admission,
             direct_store=store if direct else None,
+            window=window,
         )
         self._wiring = wiring
         rng = random.Random(config.seed)
@@ -519,6 +533,7 @@ class TaskRunner:
                 self.clock,
                 batch_limit=config.journal_batch,
                 outage_s=config.store_outage_s,
+                window=window,
             ),
             "events": lambda: EventsActor(events_hub),
             "performance": lambda: PerformanceActor(
@@ -700,6 +715,8 @@ class TaskRunner:
         if self._stop_listening is not None:
             self._stop_listening()
             self._stop_listening = None
+        if self._window is not None:
+            self._window.close()  # no worker waits for a commit that may not come now
         system.stop()
         if self._shared:
             self._leave_shared(store)
@@ -748,6 +765,9 @@ class TaskRunner:
                 parent=self._peers.agents,
             )
             self._agents[spec.agent_id] = ref
+            self._concurrency[spec.agent_id] = spec.max_concurrency
+        if self._window is not None:
+            self._window.add_slots(spec.max_concurrency)
         answer = self._peers.get("registry").ask(RegisterAgent.fast(spec=spec, ref=ref))
         if isinstance(answer, Exception):
             raise answer
@@ -770,8 +790,11 @@ class TaskRunner:
         with self._lock:
             ref = self._agents.pop(agent_id, None)
             self._agent_slots.pop(agent_id, None)
+            slots = self._concurrency.pop(agent_id, 0)
         if ref is None:
             raise UnknownAgent(f"no agent {agent_id!r} is registered")
+        if self._window is not None:
+            self._window.add_slots(-slots)
         self._peers.get("registry").ask(DeregisterAgent.fast(agent_id=agent_id))
         self._peers.get("health").ask(Unwatch.fast(name=ref.name))
         self._require_system().stop_child(ref.name, parent=self._peers.agents)
@@ -1057,6 +1080,7 @@ class TaskRunner:
             },
             "performance": peers.get("performance").ask(GetPerformance()),
             "recovered": self._recovered,
+            **({"commit_window": self._window_status()} if self._window is not None else {}),
             **({"shared": self._shared_status(store)} if self._shared else {}),
         }
 
@@ -1109,6 +1133,11 @@ class TaskRunner:
         ref.tell(InjectCrash.fast(reason=reason))
 
     # -- internals ----------------------------------------------------------------------------
+    def _window_status(self) -> dict[str, int]:
+        window = self._window
+        assert window is not None
+        return {"limit": window.limit, "unsettled": window.held, "waits": window.waits}
+
     def _rescue(self, letter: DeadLetter) -> None:
         """Dead-letter listener: a message carrying tasks must not be lost with a crash.
 
@@ -1139,6 +1168,8 @@ class TaskRunner:
             )
             return
         self._orphaned += len(getattr(message, "records", ()))
+        if isinstance(message, Persist) and self._window is not None:
+            self._window.release(message.settles)  # never to be committed now
         _log.error(
             "task.orphaned",
             recipient=letter.recipient,

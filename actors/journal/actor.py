@@ -30,7 +30,7 @@ from typing import Any, Final
 from actors.base import Actor
 from actors.cell import Pending
 from actors.journal.store import TaskStore
-from actors.pipeline import Clock, EventHub, Peers, ResultWaiters, last_of_each
+from actors.pipeline import Clock, EventHub, OutcomeWindow, Peers, ResultWaiters, last_of_each
 from messages.errors import InvalidTransition, StoreUnavailable
 from messages.pipeline import (
     Append,
@@ -97,6 +97,7 @@ class JournalActor(Actor):
         batch_limit: int = 512,
         on_terminal: Callable[[TaskRecord], None] | None = None,
         outage_s: float = 60.0,
+        window: OutcomeWindow | None = None,
     ) -> None:
         self.state = state
         self.peers = peers
@@ -106,6 +107,8 @@ class JournalActor(Actor):
         self.batch_limit = batch_limit
         self.on_terminal = on_terminal
         self.outage_s = outage_s
+        self.window = window
+        self._settles = 0  # window credits of the Persists taken in the write under way
 
     def receive(self, message: Any) -> Any:
         if isinstance(message, Append | Persist):
@@ -149,6 +152,7 @@ class JournalActor(Actor):
                 others.append(item)  # type: ignore[arg-type]
         inserts = [record for append, _ in appends for record in append.records]
         updates = [record for persist in persists for record in persist.records]
+        self._settles = sum(persist.settles for persist in persists)
         if len(persists) > 1:
             updates = list(last_of_each(updates))
         store = self.state.store
@@ -203,6 +207,7 @@ class JournalActor(Actor):
                     self.state.local.discard(record.task_id)
                 if self.on_terminal is not None:
                     self.on_terminal(record)
+        self._settle()
         for item in others:
             if isinstance(item.message, InjectCrash):
                 # Crash on its own turn, not in the middle of a batch already written.
@@ -216,6 +221,14 @@ class JournalActor(Actor):
                 item.fail(exc)
                 raise
         return answer_first
+
+    def _settle(self) -> None:
+        """The outcomes of the write are committed: give their window credits back. (A
+        write that fails gives none: its Persists are redelivered once, or orphaned, and
+        the credits come back then; see ``TaskRunner._rescue``.)"""
+        settles, self._settles = self._settles, 0
+        if settles and self.window is not None:
+            self.window.release(settles)
 
     def _through_outage(
         self, updates: list[TaskRecord], others: list[Pending], error: StoreUnavailable
@@ -283,6 +296,7 @@ class JournalActor(Actor):
                     item.reply(error)
                 elif isinstance(message, Persist):
                     updates.extend(message.records)
+                    self._settles += message.settles
                 else:
                     others.append(item)
             left = end - time.monotonic()

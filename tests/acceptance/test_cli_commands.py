@@ -480,3 +480,7 @@ def test_in_process_worker_options_are_checked(
         main(["worker", "--handler", f"work={APPEND}", "--drain-timeout", "-1"])
     assert exited.value.code == 2
     assert "must be seconds >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["worker", "--handler", f"work={APPEND}", "--commit-window", "-1"])
+    assert exited.value.code == 2
+    assert "must be at least 0" in capsys.readouterr().err
