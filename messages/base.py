@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
-from typing import Annotated, Any, Self, TypeAlias
+from typing import Annotated, Any, Final, Self, TypeAlias
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
@@ -218,10 +218,56 @@ def json_text(value: Any) -> str:
     return _encode_json(thaw_json(value))
 
 
+_ESCAPED: Final = bytes(range(0x20)) + b'"\\'
+"""The bytes JSON writes escaped in a string: control characters, quote, backslash (in
+UTF-8 no other character's bytes are below 0x80)."""
+
+
+def _flat_size(data: dict[str, Any]) -> int | None:
+    """Bytes of the compact UTF-8 JSON text of a non-empty flat object (exact JSON scalar
+    values, ``str`` keys), counted without making the text: a long string's text costs
+    several times its UTF-8 encoding and a scan for escapes. None if a string needs
+    escapes (the caller makes the text then)."""
+    if not data:
+        return 2
+    size = 2 * len(data) + 1  # the braces, a colon a member, the commas between them
+    for key, item in data.items():
+        encoded = key.encode()
+        if len(encoded.translate(None, _ESCAPED)) != len(encoded):
+            return None
+        size += len(encoded) + 2
+        kind = type(item)
+        if kind is str:
+            encoded = item.encode()
+            if len(encoded.translate(None, _ESCAPED)) != len(encoded):
+                return None
+            size += len(encoded) + 2
+        elif kind is bool:
+            size += 4 if item else 5
+        elif item is None:
+            size += 4
+        else:
+            size += len(repr(item))  # an int or a finite float, as ``json`` writes them
+    return size
+
+
 def json_size(value: Any) -> int:
     """Bytes of the compact UTF-8 JSON encoding of ``value``."""
     if value is EMPTY_FROZEN_DICT:
         return 2
+    if (
+        type(value) is FrozenDict
+        and value._text is None
+        and all(type(item) in _FLAT for item in value._data.values())
+    ):
+        # A long flat payload (a short one keeps its text): its size without its text,
+        # which is not kept (the store's packing makes it, once).
+        try:
+            size = _flat_size(value._data)
+        except UnicodeEncodeError:
+            size = None  # a lone surrogate: the text's encoding below says so
+        if size is not None:
+            return size
     text = json_text(value)
     return len(text) if text.isascii() else len(text.encode())
 

@@ -78,12 +78,15 @@ def test_a_flat_object_is_frozen_with_its_text_as_the_general_path_freezes_it(
     assert json_size(frozen) == len(text.encode())
 
 
-@pytest.mark.parametrize(("text", "encodings"), [("x" * 200, 1), ("x" * 5000, 1)])
-def test_a_flat_payload_is_encoded_once_for_freezing_and_sizing(
+@pytest.mark.parametrize(
+    ("text", "encodings"), [("x" * 200, 1), ("x" * 5000, 0), ('x"y' * 2000, 1)]
+)
+def test_a_flat_payload_is_encoded_at_most_once_for_freezing_and_sizing(
     monkeypatch: pytest.MonkeyPatch, text: str, encodings: int
 ) -> None:
     """A short flat object's text is made as it is frozen and kept for the size check; a
-    long one's is not made until asked for (it is not kept, so it would be made twice)."""
+    long one's is not made for the size (it is counted from its strings' UTF-8 bytes),
+    unless a string needs escapes (then the text is made, once)."""
     import messages.base as base
 
     calls: list[object] = []
@@ -95,7 +98,8 @@ def test_a_flat_payload_is_encoded_once_for_freezing_and_sizing(
 
     monkeypatch.setattr(base, "_encode_json", counting)
     frozen = freeze_json({"blob": text, "n": 1})
-    assert json_size(frozen) == len(text) + len('{"blob":"","n":1}')
+    expected = len(json.dumps({"blob": text, "n": 1}, separators=(",", ":")))
+    assert json_size(frozen) == expected
     assert len(calls) == encodings
 
 

@@ -315,6 +315,40 @@ def test_json_size_of_flat_objects(value: dict[str, Any]) -> None:
     assert json_size(FrozenDict(value)) == reference_size(value)
 
 
+LONG_TEXT = st.text(min_size=129, max_size=400) | st.text(
+    alphabet=st.sampled_from('ab"\\\x00\x1f\x7fé☃\U0001f600 '), min_size=257, max_size=400
+)
+"""Strings long enough that a flat object holding one keeps no text (more than 256
+characters of JSON): its size is counted from its strings' bytes. Quotes, backslashes and
+control characters (escaped in JSON), DEL (not escaped), multi-byte characters."""
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=8) | st.sampled_from(['k"', "k\\", "k\n", "ké"]),
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | LONG_TEXT,
+        min_size=1,
+        max_size=5,
+    ).filter(lambda value: len(json.dumps(value, separators=(",", ":"), ensure_ascii=False)) > 256)
+)
+def test_json_size_of_long_flat_objects_is_counted_without_their_text(
+    value: dict[str, Any],
+) -> None:
+    frozen = freeze_json(value)
+    assert frozen._text is None  # type: ignore[attr-defined]
+    assert json_size(frozen) == reference_size(value)
+
+
+def test_json_size_of_a_long_string_with_a_lone_surrogate_fails_as_its_encoding_does() -> None:
+    frozen = freeze_json({"a": "\ud800" * 300})
+    with pytest.raises(UnicodeEncodeError):
+        json_size(frozen)
+
+
 def test_json_size_of_the_shared_empty_object_and_others() -> None:
     assert json_size(EMPTY_FROZEN_DICT) == 2
     assert json_size(FrozenDict()) == 2
