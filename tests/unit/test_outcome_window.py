@@ -136,3 +136,20 @@ def test_try_enter_never_hands_out_more_than_the_limit(ops: list[tuple[bool, int
             window.release(count)
             model = max(0, model - count)
         assert window.held == model <= window.limit
+
+
+def test_a_worker_gives_the_credit_back_when_the_attempt_was_given_up_meanwhile() -> None:
+    """The worker takes the credit, then looks at the cancelled flag (set by the executor
+    while the worker waited): it gives the credit back and skips the attempt."""
+    import uuid
+
+    from actors.agent import TaskContext, _Workers
+
+    window = OutcomeWindow(2)
+    live = TaskContext(uuid.uuid4(), "t", {}, 1, "a")
+    assert _Workers._take_credit(window, live)
+    assert window.held == 1 and live._held == [1]
+    given_up = TaskContext(uuid.uuid4(), "t", {}, 1, "a")
+    given_up._cancelled[0] = True
+    assert not _Workers._take_credit(window, given_up)
+    assert window.held == 1 and given_up._held == []
