@@ -155,3 +155,54 @@ def test_an_orphaned_write_gives_its_credits_back(tmp_path: Path) -> None:
             DeadLetter(recipient="journal", message=failed, reason="crashed")
         )
         assert runner.status()["commit_window"]["unsettled"] == 1
+
+
+def test_crashes_of_every_actor_on_the_way_leak_no_credit(tmp_path: Path) -> None:
+    """With no room beyond the slots, a credit lost in a crash (a write dropped, an
+    attempt given back without its credit) would stop the workers for good: the run
+    would not drain. Journal, agents, queue, router and retry crash all along."""
+    config = RunnerConfig(
+        store=f"sqlite:///{tmp_path / 't.db'}",
+        commit_window=0,
+        max_restarts=10_000,
+        within_s=1.0,
+        backoff_base_s=0.001,
+        backoff_cap_s=0.01,
+    )
+    failing = iter(range(1_000_000))
+
+    def sometimes_failing(task: TaskContext) -> int:
+        if next(failing) % 20 == 0:
+            raise RuntimeError("a failed attempt (retried)")
+        return 1
+
+    async def quick(task: TaskContext) -> int:
+        return 2
+
+    with TaskRunner.start(config) as runner:
+        runner.register_agent(
+            AgentSpec(agent_id="s", capabilities={"a"}, max_concurrency=4), sometimes_failing
+        )
+        runner.register_agent(AgentSpec(agent_id="y", capabilities={"b"}, max_concurrency=4), quick)
+        stop = threading.Event()
+
+        def crash_all_along() -> None:
+            victims = ("journal", "agent:s", "agent:y", "queue", "router", "retry")
+            number = 0
+            while not stop.wait(0.01):  # (a pace for the crashes, not an ordering)
+                runner.inject_crash(victims[number % len(victims)])
+                number += 1
+
+        crasher = threading.Thread(target=crash_all_along)
+        crasher.start()
+        try:
+            runner.submit_many([{"type": "a" if n % 2 else "b"} for n in range(2000)])
+            assert runner.drain(WAIT_S * 6)
+        finally:
+            stop.set()
+            crasher.join(WAIT_S)
+        status = runner.status()
+        assert status["counts"]["completed"] == 2000
+        assert status["restarts"] > 0
+        assert status["commit_window"]["unsettled"] == 0
+        assert status["commit_window"]["waits"] > 0  # the window was full, often
