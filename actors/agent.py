@@ -826,13 +826,8 @@ class AgentExecutor(Actor):
         if window is None:
             return
         held = getattr(context, "_held", None)
-        if not held:
-            return
-        try:
-            held.pop()
-        except IndexError:
-            return  # its worker gave it back meanwhile (it saw the flag)
-        window.release(1)
+        if held:
+            _give_back(held, window)  # (unless its worker did meanwhile: it saw the flag)
 
     def _stop_attempt(self, run: _Run) -> None:
         run.context._cancelled[0] = True
@@ -969,6 +964,16 @@ def _attempt(
     return attempt_entry(number, agent_id, started_at, now, outcome, error)
 
 
+def _give_back(held: list[int], window: OutcomeWindow) -> None:
+    """Return an attempt's window credit if this thread is the first to pop its token
+    (worker and executor may race for it; ``list.pop`` lets exactly one of them win)."""
+    try:
+        held.pop()
+    except IndexError:
+        return
+    window.release(1)
+
+
 def _settled(ended: list[_Done]) -> int:
     """Take the window credits of ended attempts (each a context's ``_held``); how many.
     An attempt given up before it ended gave its credit back then."""
@@ -1101,11 +1106,7 @@ class _Workers:
         _set_held(context, held)  # before the look at the flag (see TaskContext._held)
         if not context._cancelled[0]:
             return True
-        try:
-            held.pop()
-        except IndexError:
-            return False  # the executor gave it back (it set the flag, then saw the credit)
-        window.release(1)
+        _give_back(held, window)  # (unless the executor did: it set the flag, saw the credit)
         return False
 
     def _run(self) -> None:

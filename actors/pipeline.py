@@ -208,11 +208,11 @@ class OutcomeWindow:
         """Take a credit, waiting while none is left (a worker, before running a
         handler). Returns at once once the window is closed (the runner stops)."""
         with self._lock:
-            if self.held >= self.extra + self.slots and not self._closed:
+            if self._full():
                 self.waits += 1
                 self._sleepers += 1
                 try:
-                    while self.held >= self.extra + self.slots and not self._closed:
+                    while self._full():
                         self._room.wait()
                 finally:
                     self._sleepers -= 1
@@ -245,9 +245,13 @@ class OutcomeWindow:
             self._closed = True
         self._wake()
 
+    def _full(self) -> bool:
+        """No credit left (under the lock); never once closed."""
+        return self.held >= self.extra + self.slots and not self._closed
+
     def _wake(self) -> None:
         with self._lock:
-            if self.held >= self.extra + self.slots and not self._closed:
+            if self._full():
                 return
             if self._sleepers:
                 self._room.notify_all()
