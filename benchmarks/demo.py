@@ -11,18 +11,23 @@ included). The ratio is taken per round; the median ratio is the figure, with ev
 kept in ``rounds``.
 
 Run: ``python -m benchmarks.demo [--rounds 3] [--tasks 100000] [--agents 8] [--json]``;
-writes ``benchmarks/results/demo.json`` (``--out`` to change it).
+writes ``benchmarks/results/demo.json`` (``--out`` to change it). ``--pin-cpu N`` runs both
+sides on CPU ``N`` only (Linux; the demo's process inherits the affinity): the floor is a
+chain of thread hand-offs, and on one CPU none of them is a cross-CPU wake-up, so the
+pinned ratio shows how much of the unpinned one is the VM's price of those wake-ups.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +109,21 @@ def summarise(measured: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def _pinned(cpu: int | None) -> Iterator[None]:
+    """Run the block on CPU ``cpu`` only (None: unchanged); the affinity is put back
+    after. Threads and child processes started meanwhile inherit it."""
+    if cpu is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -111,21 +131,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--agents", type=int, default=8)
     parser.add_argument("--out", type=Path, default=RESULTS / "demo.json")
     parser.add_argument("--json", action="store_true", help="print the whole document")
+    parser.add_argument(
+        "--pin-cpu",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the floor and the demo on CPU N only (Linux), e.g. to see the floor "
+        "without cross-CPU wake-ups",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.tasks < 1 or args.agents < 1:
         parser.error("--rounds, --tasks and --agents must be at least 1")
+    if args.pin_cpu is not None:
+        if not hasattr(os, "sched_setaffinity"):
+            parser.error("--pin-cpu needs os.sched_setaffinity (Linux)")
+        if args.pin_cpu not in os.sched_getaffinity(0):
+            parser.error(f"--pin-cpu {args.pin_cpu}: not one of this process's CPUs")
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    measured = measure_rounds(
-        args.rounds,
-        lambda: PykkaFloor().noop_throughput(args.tasks),
-        lambda: run_demo(args.tasks, args.agents),
-    )
+    with _pinned(args.pin_cpu):
+        measured = measure_rounds(
+            args.rounds,
+            lambda: PykkaFloor().noop_throughput(args.tasks),
+            lambda: run_demo(args.tasks, args.agents),
+        )
     document = {
         "started_at": started,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_info(),
         "versions": package_versions(["pykka", "pydantic", "structlog", "arbiter-taskrunner"]),
-        "config": {"tasks": args.tasks, "agents": args.agents, "rounds": args.rounds},
+        "config": {
+            "tasks": args.tasks,
+            "agents": args.agents,
+            "rounds": args.rounds,
+            "pinned_cpu": args.pin_cpu,
+        },
         "summary": summarise(measured),
         "rounds": measured,
     }
