@@ -410,8 +410,14 @@ class JournalActor(Actor):
 
 def new_records(stored: Sequence[TaskRecord], submitted: Sequence[TaskRecord]) -> list[TaskRecord]:
     """The records of ``stored`` (a store's answer to inserting ``submitted``) that are new
-    tasks: a duplicate's place holds the existing task, with another id."""
-    return [s for s, r in zip(stored, submitted, strict=True) if s.task_id == r.task_id]
+    tasks: a duplicate's place holds the existing task, with another id. (A store that
+    keeps the records it is given answers with the same objects: ``is`` decides those
+    without ``UUID.__eq__``, a Python call a task on the submit path.)"""
+    return [
+        s
+        for s, r in zip(stored, submitted, strict=True)
+        if s is r or s.task_id.int == r.task_id.int
+    ]
 
 
 def publish_submitted(fresh: Sequence[TaskRecord], hub: EventHub) -> None:

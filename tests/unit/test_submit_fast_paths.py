@@ -732,3 +732,24 @@ def test_concurrent_takes_never_share_a_byte() -> None:
     every = [piece for mine in taken for piece in mine]
     assert len(every) == 2000 and all(len(piece) == 10 for piece in every)
     assert len(set(every)) == 2000  # 80-bit random pieces: a repeat means a shared byte
+
+
+def test_new_records_keeps_the_new_tasks_whether_the_store_answers_with_them_or_with_copies() -> (
+    None
+):
+    from actors.journal.actor import new_records
+
+    now = datetime.now(UTC)
+    specs = [TaskSpec(type="t", payload={"n": n}) for n in range(3)]
+    submitted = task_module.queued_records(specs, now=now, owner=None, max_attempts=3)
+    # The memory store answers with the records it was given.
+    assert new_records(list(submitted), submitted) == list(submitted)
+    # A durable store answers with records it read back: equal ids, other objects.
+    copies = [record.evolve() for record in submitted]
+    assert new_records(copies, submitted) == copies
+    # A duplicate's place holds the existing task (another id): not a new one.
+    existing = task_module.queued_records(specs[:1], now=now, owner=None, max_attempts=3)[0]
+    answer = [existing, copies[1], submitted[2]]
+    assert new_records(answer, submitted) == [copies[1], submitted[2]]
+    with pytest.raises(ValueError):
+        new_records(answer[:2], submitted)  # an answer of another length is a store's bug
