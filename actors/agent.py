@@ -919,8 +919,10 @@ class AgentExecutor(Actor):
 
     def _report(self) -> None:
         """Send the outcomes not yet reported to the performance tracker."""
-        if self.state.unreported.items:
-            outcomes = self.state.unreported.take()
+        state = self.state
+        if state.unreported.items:
+            outcomes = state.unreported.take()
+            state.report_timer.disarm(self.wiring.timers)
             self.wiring.peers.get("performance").tell(Outcomes.fast(items=outcomes))
 
 

@@ -439,7 +439,9 @@ class HeldReports(Generic[_T]):
     of tasks were mostly those). So the holder sends them from a turn of its own that
     follows a task's end (:meth:`add` answers True once they are half ``delay_s`` old),
     when the next task is least likely to be on its way; the tick at ``delay_s`` is only
-    the fallback of an idle holder."""
+    the fallback of an idle holder, so the holder's owner disarms it when it sends from a
+    turn (:meth:`TickTimer.disarm`): under a steady load that tick would otherwise come
+    every half ``delay_s``, find nothing due, and wake the dispatcher's thread for it."""
 
     def __init__(self, batch: int = 256, delay_s: float = 0.1) -> None:
         self.batch = batch
@@ -511,5 +513,18 @@ class TickTimer:
 
     def fired(self) -> None:
         """The armed tick arrived (call first thing on Tick)."""
+        self.due = None
+        self.handle = None
+
+    def is_for(self, tick: Tick) -> bool:
+        """True if ``tick`` is the one armed now (for an actor with more than one timer:
+        each tick carries the due time it was armed for)."""
+        return self.due is not None and tick.at == self.due
+
+    def disarm(self, timers: TimerService) -> None:
+        """No tick is wanted any more: cancel the armed one (if it already went, its Tick
+        still arrives, and the actor finds nothing to do)."""
+        if self.handle is not None:
+            timers.cancel(self.handle)
         self.due = None
         self.handle = None

@@ -55,7 +55,10 @@ class RouterState:
     """Per agent: the smoothed latency of its attempts (for an adaptive prefetch)."""
     backlog: deque[tuple[TaskRecord, float]] = field(default_factory=deque)
     timer: TickTimer = field(default_factory=TickTimer)
+    """The Demand's refresh (see ``DEMAND_REFRESH_S``)."""
     unreported: HeldReports[float] = field(default_factory=HeldReports)  # routing ms, to send
+    report_timer: TickTimer = field(default_factory=TickTimer)
+    """The fallback tick of ``unreported`` (its own: disarmed when they go from a turn)."""
     routed: int = 0
     grant: int = 0
     """The number of the last Demand sent (the queue echoes it in TasksReady)."""
@@ -121,15 +124,21 @@ class RouterActor(Actor):
             self._snapshot(message)
         elif isinstance(message, Tick):
             state = self.state
+            if state.report_timer.is_for(message):
+                state.report_timer.fired()
+                if state.unreported.tick_due(
+                    self.wiring, self.context.self_ref, state.report_timer
+                ):
+                    self._report()
+                return None
             state.timer.fired()
-            if state.unreported.tick_due(self.wiring, self.context.self_ref, state.timer):
-                self._report()
             now = self.wiring.clock.monotonic()
             if now - state.demand_sent_at >= DEMAND_REFRESH_S * 0.999:
                 self._send_demand()  # the refresh (a held Demand goes with it)
             elif state.demand_held or state.backlog or state.views:
-                # A tick of the reports: the refresh keeps its own time (a Demand at every
-                # report tick would be a queue turn at a random moment, 10 times a second).
+                # The tick of an earlier Demand: the refresh is due a second after the
+                # last one. (A report tick cancelled too late also lands here: at most
+                # one extra tick.)
                 due = state.demand_sent_at + DEMAND_REFRESH_S
                 state.timer.arm(self.wiring.timers, self.context.self_ref, due, now)
         elif isinstance(message, CancelTask):
@@ -233,7 +242,7 @@ class RouterActor(Actor):
                 [(done - ready_at) * 1000.0 for ready_at in latencies],
                 self.wiring,
                 self.context.self_ref,
-                state.timer,
+                state.report_timer,
             )
 
     def _route_quietly(self) -> tuple[dict[str, list[TaskRecord]], list[float]]:
@@ -312,8 +321,10 @@ class RouterActor(Actor):
 
     def _report(self) -> None:
         """Send the routing latencies not yet reported to the performance tracker."""
-        if self.state.unreported.items:
-            values = self.state.unreported.take()
+        state = self.state
+        if state.unreported.items:
+            values = state.unreported.take()
+            state.report_timer.disarm(self.wiring.timers)
             self.wiring.peers.get("performance").tell(RouteLatencies.fast(values=values))
 
     def _return_unservable(self) -> None:

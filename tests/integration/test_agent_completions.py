@@ -11,7 +11,7 @@ import pytest
 from actors.agent import AgentExecutor, AgentState, TaskContext, _Out
 from actors.pipeline import Admission, EventHub, Peers, ResultWaiters, SystemClock, Wiring
 from messages import AgentSpec, TaskRecord, TaskState, new_task_id
-from messages.pipeline import WorkDone
+from messages.pipeline import Outcomes, WorkDone
 from supervisor import ActorSystem, ChildSpec
 from tests.conftest import WAIT_S, wait_for
 from tests.integration.test_journal_contract import make_record
@@ -196,3 +196,30 @@ def test_a_start_reported_after_the_task_left_the_agent_is_ignored(make_system: 
     executor._take_done(out)
     assert not state.running and out.persist == [] and out.released == []
     assert state.zombies == 1  # its result is discarded
+
+
+def test_outcomes_sent_from_a_turn_disarm_their_fallback_tick(make_system: Any) -> None:
+    system: ActorSystem = make_system()
+    executor = _executor(system)
+    performance: list[tuple[int, Any]] = []
+    ticks: list[tuple[int, Any]] = []
+    executor.wiring.peers.performance = system.spawn(
+        ChildSpec(name="performance", factory=recorder(performance))
+    )
+    # A recorder stands in for the executor's own ref: any tick that rings lands there.
+    tick_target = system.spawn(ChildSpec(name="ticks", factory=recorder(ticks)))
+    state = executor.state
+    held = state.unreported
+    item = ("a1", "work", True, 1.0, 2.0)
+    assert held.add([item], executor.wiring, tick_target, state.report_timer) is False
+    assert state.report_timer.due is not None
+    executor._report()  # as from a turn that follows a task's end
+    wait_for(lambda: len(performance) == 1)
+    assert performance[0][1] == Outcomes(items=(item,))
+    assert state.report_timer.due is None and state.report_timer.handle is None
+    # The cancelled tick never rings: a later timer on the same (ordered) service runs,
+    # and then the recorder's first message is this question (it answers its count).
+    passed = threading.Event()
+    system.runtime.timers.call_later(held.delay_s + 0.05, passed.set)
+    assert passed.wait(WAIT_S)
+    assert tick_target.ask("count") == 1 and [message for _, message in ticks] == ["count"]

@@ -29,7 +29,15 @@ from actors.pipeline import (
 from actors.queue import QueueActor, QueueState
 from actors.router import DEMAND_REFRESH_S, RouterActor, RouterState, enough_left, run_out
 from actors.timers import TimerService
-from messages.pipeline import Assign, Demand, Enqueue, Released, TasksReady, Tick
+from messages.pipeline import (
+    Assign,
+    Demand,
+    Enqueue,
+    Released,
+    RouteLatencies,
+    TasksReady,
+    Tick,
+)
 from messages.routing import AgentView
 from messages.supervision import GetStatistics
 from supervisor import ActorSystem, ChildSpec
@@ -68,15 +76,20 @@ def _router(
     timers: TimerService,
     max_concurrency: int = 4,
     clock: Clock | None = None,
+    performance_log: list[tuple[int, Any]] | None = None,
 ) -> tuple[Any, RouterState, list[tuple[int, Any]], list[tuple[int, Any]]]:
     """A router with one idle agent ``a1`` (no prefetch buffer); the queue, the agent and
-    the performance tracker are recorders. Returns the router, its state, the queue's log
-    and the agent's log."""
+    the performance tracker are recorders (the tracker's log goes to ``performance_log``
+    if given). Returns the router, its state, the queue's log and the agent's log."""
     queue_log: list[tuple[int, Any]] = []
     agent_log: list[tuple[int, Any]] = []
     peers = Peers()
     peers.queue = system.spawn(ChildSpec(name="queue", factory=recorder(queue_log)))
-    peers.performance = system.spawn(ChildSpec(name="performance", factory=recorder([])))
+    peers.performance = system.spawn(
+        ChildSpec(
+            name="performance", factory=recorder([] if performance_log is None else performance_log)
+        )
+    )
     wiring = Wiring(
         peers=peers,
         clock=clock or SystemClock(),
@@ -199,6 +212,60 @@ def test_a_tick_of_the_reports_is_not_a_demand_refresh(
     clock.at = 100.0 + DEMAND_REFRESH_S
     router.tell(Tick())
     wait_for(lambda: _demands(queue_log) == [(1, 4), (2, 4)])
+
+
+def _latencies(log: list[tuple[int, Any]]) -> int:
+    """Routing latencies the performance tracker got."""
+    return sum(len(m.values) for _, m in log if isinstance(m, RouteLatencies))
+
+
+def test_routing_latencies_sent_from_a_turn_disarm_their_tick(
+    make_system: Any, still_timers: TimerService
+) -> None:
+    system: ActorSystem = make_system()
+    clock = StillClock(100.0)
+    performance: list[tuple[int, Any]] = []
+    router, state, queue_log, agent_log, queue = _router(
+        system, still_timers, clock=clock, performance_log=performance
+    )
+    wait_for(lambda: _demands(queue_log) == [(1, 4)])
+    demand_due = state.timer.due
+    record = make_record()
+    router.tell(TasksReady(records=(record,), grant=1, credits=(3,)))
+    wait_for(lambda: _assigned(agent_log) == 1)
+    _settle(router, queue)
+    report_due = state.unreported.since + state.unreported.delay_s
+    assert state.report_timer.due == report_due  # the fallback, for an idle router
+    # The slot is freed over half the delay later: the latency goes from that turn, and the
+    # tick armed for it is not wanted any more (nor is the Demand's refresh moved).
+    clock.at += state.unreported.delay_s * 0.6
+    router.tell(Released(agent_id="a1", outcomes=((record.task_id, "work", True, 1.0),)))
+    wait_for(lambda: _latencies(performance) == 1)
+    assert state.report_timer.due is None and not state.unreported.items
+    assert state.timer.due == demand_due
+
+
+def test_the_reports_own_tick_sends_them_and_leaves_the_refresh_alone(
+    make_system: Any, still_timers: TimerService
+) -> None:
+    system: ActorSystem = make_system()
+    clock = StillClock(100.0)
+    performance: list[tuple[int, Any]] = []
+    router, state, queue_log, agent_log, queue = _router(
+        system, still_timers, clock=clock, performance_log=performance
+    )
+    wait_for(lambda: _demands(queue_log) == [(1, 4)])
+    demand_due = state.timer.due
+    router.tell(TasksReady(records=(make_record(),), grant=1, credits=(3,)))
+    wait_for(lambda: _assigned(agent_log) == 1)
+    _settle(router, queue)
+    due = state.report_timer.due
+    assert due is not None and _latencies(performance) == 0
+    clock.at = due
+    router.tell(Tick(at=due))  # as the timer service would ring it
+    wait_for(lambda: _latencies(performance) == 1)
+    assert state.report_timer.due is None
+    assert state.timer.due == demand_due and _demands(queue_log) == [(1, 4)]
 
 
 def test_the_queue_echoes_its_demand_and_what_is_left(make_system: Any) -> None:

@@ -117,3 +117,36 @@ def test_a_tick_with_nothing_held_sends_nothing() -> None:
     w, timer = moving_wiring(Clock(1.0)), TickTimer()
     assert held.tick_due(w, "ref", timer) is False
     assert timer.due is None
+
+
+def test_disarm_cancels_the_armed_tick_and_the_next_items_arm_a_new_one() -> None:
+    held: HeldReports[int] = HeldReports(batch=100, delay_s=0.1)
+    clock = Clock(30.0)
+    w, timer = moving_wiring(clock), TickTimer()
+    held.add([1], w, "ref", timer)
+    assert (timer.handle, timer.due) == (1, pytest.approx(30.1))
+    clock.now = 30.05
+    assert held.add([2], w, "ref", timer) is True
+    held.take()
+    timer.disarm(w.timers)  # sent from a turn: the fallback tick is not wanted
+    assert w.timers.cancelled == [1]
+    assert (timer.handle, timer.due) == (None, None)
+    held.add([3], w, "ref", timer)  # armed afresh, a delay after item 3
+    assert w.timers.requests == [pytest.approx(0.1), pytest.approx(0.1)]
+    assert timer.due == pytest.approx(30.15)
+
+
+def test_disarm_with_nothing_armed_cancels_nothing() -> None:
+    w, timer = wiring(), TickTimer()
+    timer.disarm(w.timers)
+    assert w.timers.cancelled == [] and timer.due is None
+
+
+def test_a_timer_knows_its_own_tick_by_the_due_time() -> None:
+    from messages.pipeline import Tick
+
+    w, timer = wiring(now=5.0), TickTimer()
+    assert not timer.is_for(Tick(at=5.5))  # nothing armed
+    timer.arm(w.timers, "ref", 5.5, 5.0)
+    assert timer.is_for(Tick(at=5.5))
+    assert not timer.is_for(Tick(at=6.0)) and not timer.is_for(Tick())
