@@ -10,7 +10,7 @@ when what is wanted drops below what the queue has, or at the refresh tick.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import given
@@ -40,6 +40,7 @@ from messages.pipeline import (
 )
 from messages.routing import AgentView
 from messages.supervision import GetStatistics
+from messages.task import TaskRecord
 from supervisor import ActorSystem, ChildSpec
 from tests.conftest import wait_for
 from tests.integration.test_journal_contract import make_record
@@ -219,14 +220,24 @@ def _latencies(log: list[tuple[int, Any]]) -> int:
     return sum(len(m.values) for _, m in log if isinstance(m, RouteLatencies))
 
 
-def test_routing_latencies_sent_from_a_turn_disarm_their_tick(
-    make_system: Any, still_timers: TimerService
-) -> None:
-    system: ActorSystem = make_system()
+class RoutedOne(NamedTuple):
+    """A router (still timers, a clock the test sets) that routed one task to ``a1``."""
+
+    router: Any
+    state: RouterState
+    queue_log: list[tuple[int, Any]]
+    queue: Any
+    clock: StillClock
+    performance: list[tuple[int, Any]]
+    record: TaskRecord
+    demand_due: float | None  # when the Demand's refresh was armed for, before the task
+
+
+def _routed_one(system: ActorSystem, timers: TimerService) -> RoutedOne:
     clock = StillClock(100.0)
     performance: list[tuple[int, Any]] = []
     router, state, queue_log, agent_log, queue = _router(
-        system, still_timers, clock=clock, performance_log=performance
+        system, timers, clock=clock, performance_log=performance
     )
     wait_for(lambda: _demands(queue_log) == [(1, 4)])
     demand_due = state.timer.due
@@ -234,38 +245,37 @@ def test_routing_latencies_sent_from_a_turn_disarm_their_tick(
     router.tell(TasksReady(records=(record,), grant=1, credits=(3,)))
     wait_for(lambda: _assigned(agent_log) == 1)
     _settle(router, queue)
+    return RoutedOne(router, state, queue_log, queue, clock, performance, record, demand_due)
+
+
+def test_routing_latencies_sent_from_a_turn_disarm_their_tick(
+    make_system: Any, still_timers: TimerService
+) -> None:
+    one = _routed_one(make_system(), still_timers)
+    state = one.state
     report_due = state.unreported.since + state.unreported.delay_s
     assert state.report_timer.due == report_due  # the fallback, for an idle router
     # The slot is freed over half the delay later: the latency goes from that turn, and the
     # tick armed for it is not wanted any more (nor is the Demand's refresh moved).
-    clock.at += state.unreported.delay_s * 0.6
-    router.tell(Released(agent_id="a1", outcomes=((record.task_id, "work", True, 1.0),)))
-    wait_for(lambda: _latencies(performance) == 1)
+    one.clock.at += state.unreported.delay_s * 0.6
+    one.router.tell(Released(agent_id="a1", outcomes=((one.record.task_id, "work", True, 1.0),)))
+    wait_for(lambda: _latencies(one.performance) == 1)
     assert state.report_timer.due is None and not state.unreported.items
-    assert state.timer.due == demand_due
+    assert state.timer.due == one.demand_due
 
 
 def test_the_reports_own_tick_sends_them_and_leaves_the_refresh_alone(
     make_system: Any, still_timers: TimerService
 ) -> None:
-    system: ActorSystem = make_system()
-    clock = StillClock(100.0)
-    performance: list[tuple[int, Any]] = []
-    router, state, queue_log, agent_log, queue = _router(
-        system, still_timers, clock=clock, performance_log=performance
-    )
-    wait_for(lambda: _demands(queue_log) == [(1, 4)])
-    demand_due = state.timer.due
-    router.tell(TasksReady(records=(make_record(),), grant=1, credits=(3,)))
-    wait_for(lambda: _assigned(agent_log) == 1)
-    _settle(router, queue)
+    one = _routed_one(make_system(), still_timers)
+    state = one.state
     due = state.report_timer.due
-    assert due is not None and _latencies(performance) == 0
-    clock.at = due
-    router.tell(Tick(at=due))  # as the timer service would ring it
-    wait_for(lambda: _latencies(performance) == 1)
+    assert due is not None and _latencies(one.performance) == 0
+    one.clock.at = due
+    one.router.tell(Tick(at=due))  # as the timer service would ring it
+    wait_for(lambda: _latencies(one.performance) == 1)
     assert state.report_timer.due is None
-    assert state.timer.due == demand_due and _demands(queue_log) == [(1, 4)]
+    assert state.timer.due == one.demand_due and _demands(one.queue_log) == [(1, 4)]
 
 
 def test_the_queue_echoes_its_demand_and_what_is_left(make_system: Any) -> None:
