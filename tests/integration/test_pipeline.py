@@ -26,6 +26,7 @@ from messages import (
     UnknownAgent,
     utcnow,
 )
+from messages.supervision import GetStatistics
 from supervisor import RunnerConfig, TaskContext, TaskRunner
 from tests.conftest import WAIT_S, wait_for
 
@@ -347,6 +348,36 @@ def test_a_running_task_is_cancelled_cooperatively(make_runner: Callable[..., Ta
     assert handle.cancel() is True
     assert seen.wait(WAIT_S)
     assert handle.state() is TaskState.CANCELLED
+
+
+def test_a_task_waiting_for_its_retry_can_be_cancelled(
+    make_runner: Callable[..., TaskRunner],
+) -> None:
+    attempts: list[int] = []
+    events: list[LifecycleEvent] = []
+
+    def flaky(task: TaskContext) -> None:
+        attempts.append(task.attempt)
+        raise RuntimeError("not yet")
+
+    # A backoff far longer than the test: the task waits in the retry scheduler.
+    runner = make_runner(backoff_base_s=600.0, backoff_cap_s=600.0, max_attempts=3)
+    runner.subscribe(events.append)
+    runner.register_agent(agent(), flaky)
+    handle = runner.submit(type="code")
+    wait_for(lambda: handle.state() is TaskState.RETRY_WAIT)
+    assert handle.cancel() is True
+    assert handle.state() is TaskState.CANCELLED
+    with pytest.raises(TaskCancelledError):
+        handle.result(WAIT_S)
+    assert handle.cancel() is False
+    wait_for(lambda: any(e.name == "task.cancelled" for e in events))
+    (cancelled,) = [e for e in events if e.name == "task.cancelled"]
+    assert cancelled.task_id == handle.task_id and cancelled.data["where"] == "retry"
+    retry = runner._peers.get("retry").ask(GetStatistics())
+    assert retry.extra["waiting"] == 0  # its entry in the retry schedule is gone
+    assert attempts == [1]  # the first attempt only: no retry ran
+    assert runner.drain(WAIT_S)
 
 
 # -- bad input at the boundary ----------------------------------------------------------------
