@@ -29,7 +29,7 @@ from _thread import get_ident as _get_ident
 from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import pykka
 import structlog
@@ -53,6 +53,7 @@ __all__ = [
     "Dispatcher",
     "EscalationSignal",
     "Pending",
+    "Pulse",
 ]
 
 _log = structlog.get_logger("arbiter.supervisor")
@@ -1017,6 +1018,15 @@ class Cell:
         )
 
 
+class Pulse(NamedTuple):
+    """An actor's liveness at a glance (see :meth:`ActorRef.pulse`)."""
+
+    state: str
+    work: int
+    """Messages processed plus keepalives: it changes while the actor makes progress."""
+    has_mail: bool
+
+
 class ActorRef:
     """A reference to an actor that stays valid across its restarts.
 
@@ -1085,6 +1095,14 @@ class ActorRef:
     def statistics(self) -> ActorStatistics:
         """The actor's counters, read without waiting for its thread."""
         return self._cell.statistics()
+
+    def pulse(self) -> Pulse:
+        """What a health monitor reads of the actor at every tick, without waiting for its
+        thread: its state, the work it has done (messages processed plus keepalives) and
+        whether mail waits. A plain tuple: :meth:`statistics` builds a validated message,
+        several times the cost, for every watched actor, twice a second."""
+        cell = self._cell
+        return Pulse(cell.state.value, cell.processed + cell.keepalives, not cell.mailbox.empty())
 
     def __repr__(self) -> str:
         return f"ActorRef({self._cell.name!r}, state={self._cell.state.value})"

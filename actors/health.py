@@ -140,11 +140,10 @@ class HealthActor(Actor):
         now = clock.monotonic()
         changes: list[HealthChanged] = []
         for name, watched in state.watched.items():
-            stats = watched.ref.statistics()
-            work = stats.processed + stats.keepalives
-            progressed = work != watched.processed
-            watched.processed = work
-            if stats.state == "running" and (progressed or stats.mailbox_depth == 0):
+            pulse = watched.ref.pulse()
+            progressed = pulse.work != watched.processed
+            watched.processed = pulse.work
+            if pulse.state == "running" and (progressed or not pulse.has_mail):
                 changes += state.core.heartbeat(name, now)
         changes += self._run_checks(now)
         tick_changes, unresponsive = state.core.tick(now)

@@ -342,6 +342,26 @@ def test_statistics_answered_by_every_actor(make_system: Any) -> None:
     assert gathered["x"].processed == 5
 
 
+def test_a_pulse_tells_progress_and_waiting_mail_without_asking_the_actor(
+    make_system: Any,
+) -> None:
+    system: ActorSystem = make_system()
+    ref = system.spawn(child(name="x", factory=recorder([])))
+    ref.ask("hello", timeout=WAIT_S)
+    idle = ref.pulse()
+    assert idle == ("running", 1, False)
+    _BLOCKERS["pulse"] = threading.Event()
+    ref.tell(Block("pulse"))
+    ref.tell("behind it")
+    wait_for(lambda: ref.statistics().mailbox_depth == 1)  # inside Block
+    stuck = ref.pulse()
+    assert stuck.state == "running" and stuck.has_mail and stuck.work == idle.work
+    _BLOCKERS["pulse"].set()
+    wait_for(lambda: not ref.pulse().has_mail)
+    assert ref.ask("sync", timeout=WAIT_S) == 3  # hello, behind it, sync: Block is not counted
+    assert ref.pulse().work == 4  # every message processed, Block included
+
+
 def test_mutable_messages_are_refused(make_system: Any) -> None:
     system: ActorSystem = make_system()
     ref = system.spawn(child(name="x", factory=recorder([])))
