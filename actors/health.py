@@ -138,13 +138,14 @@ class HealthActor(Actor):
         state = self.state
         clock = self.wiring.clock
         now = clock.monotonic()
-        changes: list[HealthChanged] = []
+        alive: list[str] = []
         for name, watched in state.watched.items():
             pulse = watched.ref.pulse()
             progressed = pulse.work != watched.processed
             watched.processed = pulse.work
             if pulse.state == "running" and (progressed or not pulse.has_mail):
-                changes += state.core.heartbeat(name, now)
+                alive.append(name)
+        changes = state.core.heartbeats(alive, now)
         changes += self._run_checks(now)
         tick_changes, unresponsive = state.core.tick(now)
         changes += tick_changes

@@ -20,6 +20,7 @@ component name :data:`OVERALL`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -117,11 +118,21 @@ class HealthCore:
         A heartbeat also clears the component's unresponsive mark, so a later silence is
         reported again.
         """
-        component = self._get(name)
-        if component.last_heartbeat is None or now > component.last_heartbeat:
-            component.last_heartbeat = now  # never move it back on a reordered message
-        component.unresponsive = False
-        return self._evaluate(name, component, now) + self._update_overall()
+        return self.heartbeats((name,), now)
+
+    def heartbeats(self, names: Iterable[str], now: float) -> list[HealthChanged]:
+        """:meth:`heartbeat` of each of ``names``, in that order, with the overall status
+        evaluated once at the end (a monitor's tick beats for every actor that made
+        progress; the overall status is a look at every component, once is enough, and
+        the components' changes come without overall ones in between)."""
+        changes: list[HealthChanged] = []
+        for name in names:
+            component = self._get(name)
+            if component.last_heartbeat is None or now > component.last_heartbeat:
+                component.last_heartbeat = now  # never move it back on a reordered message
+            component.unresponsive = False
+            changes += self._evaluate(name, component, now)
+        return changes + self._update_overall()
 
     def report_check(
         self, name: str, status: HealthStatus, reason: str, now: float

@@ -281,6 +281,8 @@ events = st.lists(
         st.one_of(
             st.just(("tick",)),
             st.tuples(st.just("beat"), st.sampled_from(NAMES)),
+            # a monitor's tick: several beat at once, the overall status evaluated once
+            st.tuples(st.just("beats"), st.lists(st.sampled_from(NAMES), unique=True)),
             st.tuples(st.just("check"), st.sampled_from(NAMES), st.sampled_from([H, D, U])),
         ),
     ),
@@ -314,8 +316,18 @@ def test_transitions_match_a_model(events: list[tuple[float, tuple[object, ...]]
     for step, event in events:
         now += step
         changed: list[tuple[str, HealthStatus, HealthStatus]] = []
-        touched = list(NAMES) if event[0] == "tick" else [str(event[1])]
-        if event[0] == "beat":
+        if event[0] == "tick":
+            touched = list(NAMES)
+        elif event[0] == "beats":
+            touched = list(event[1])  # type: ignore[arg-type]
+        else:
+            touched = [str(event[1])]
+        if event[0] == "beats":
+            for name in touched:
+                last_beat[name] = now
+                reported[name] = False
+            changes = core.heartbeats(touched, now)
+        elif event[0] == "beat":
             last_beat[str(event[1])] = now
             reported[str(event[1])] = False
             changes = core.heartbeat(str(event[1]), now)
