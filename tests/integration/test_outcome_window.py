@@ -202,7 +202,12 @@ def test_crashes_of_every_actor_on_the_way_leak_no_credit(tmp_path: Path) -> Non
             stop.set()
             crasher.join(WAIT_S)
         status = runner.status()
-        assert status["counts"]["completed"] == 2000
+        # Every task ended (none lost, none stuck); a task can rarely use up its three
+        # attempts (a handler failure every 20th attempt, and an attempt counted each time
+        # its agent crashes under it): then it is dead-lettered, as it should be.
+        counts = status["counts"]
+        assert counts["completed"] + counts["dead_lettered"] == 2000
+        assert counts["dead_lettered"] <= 20
         assert status["restarts"] > 0
         assert status["commit_window"]["unsettled"] == 0
         assert status["commit_window"]["waits"] > 0  # the window was full, often
