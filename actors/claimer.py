@@ -11,7 +11,9 @@ hoarding: it holds about ``prefetch`` x the local agents' total ``max_concurrenc
   had (asked for with ``Refill``, once per claim decision, unless the last claim found
   the store empty);
 * on its ``Tick`` every ``claim_interval_s``: the polling fallback if a notification is
-  lost.
+  lost. Each poll first promotes the delayed tasks whose run time has come (PENDING ->
+  QUEUED, ``TaskStore.promote_due``; any runner may, each task once), so a delayed task
+  starts within about ``claim_interval_s`` of its run time.
 
 On the same tick it renews this runner's leases (every ``lease_s / 3``, with the runner's
 heartbeat) and rescues the expired leases of runners that died (every ``lease_s / 2``).
@@ -42,6 +44,7 @@ LocalAgents = Callable[[], tuple[tuple[frozenset[str], int], ...]]
 
 _ASK_TIMEOUT_S = 2.0
 _RESCUE_LIMIT = 1000  # tasks per rescue statement (repeated while full)
+_PROMOTE_LIMIT = 1000  # delayed tasks per promotion (repeated while full)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class ClaimerState:
     refills: int = 0
     renewed: int = 0
     rescued: int = 0
+    promoted: int = 0
     store_errors: int = 0
     last_error: str | None = None
 
@@ -157,6 +161,7 @@ class ClaimerActor(Actor):
             "refills": state.refills,
             "renewed": state.renewed,
             "rescued": state.rescued,
+            "promoted": state.promoted,
             "store_errors": state.store_errors,
             "last_error": state.last_error,
             "leases_at_risk": state.leases_at_risk,
@@ -175,6 +180,7 @@ class ClaimerActor(Actor):
             self._rescue()
         if now >= state.next_poll:
             state.next_poll = now + self.settings.claim_interval_s
+            self._promote()
             self._claim()
 
     def _arm(self, now: float) -> None:
@@ -218,6 +224,16 @@ class ClaimerActor(Actor):
                     return
         except StoreError as exc:
             self._store_failed("rescue", exc)
+
+    def _promote(self) -> None:
+        try:
+            while True:
+                promoted = self.store.promote_due(_PROMOTE_LIMIT)
+                self.state.promoted += len(promoted)
+                if len(promoted) < _PROMOTE_LIMIT:
+                    return
+        except StoreError as exc:
+            self._store_failed("promote", exc)
 
     def _claim(self) -> None:
         """Claim what the local agents lack. After a full claim (the store may hold more)

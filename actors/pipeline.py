@@ -89,6 +89,7 @@ class Peers:
     performance: ActorRef | None = None
     health: ActorRef | None = None
     retry: ActorRef | None = None
+    scheduler: ActorRef | None = None
     queue: ActorRef | None = None
     router: ActorRef | None = None
     agents: ActorRef | None = None  # the agents' supervisor

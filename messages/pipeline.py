@@ -16,9 +16,10 @@ from pydantic import Field
 from messages.base import Message
 from messages.health import HealthStatus
 from messages.routing import AgentView
-from messages.task import AgentSpec, TaskRecord
+from messages.task import AgentSpec, CronSpec, TaskRecord
 
 __all__ = [
+    "AddCron",
     "AgentHealth",
     "AgentsSnapshot",
     "Append",
@@ -30,7 +31,9 @@ __all__ = [
     "Enqueue",
     "GetHealth",
     "GetPerformance",
+    "Hold",
     "InjectCrash",
+    "ListCron",
     "OutcomeItem",
     "Outcomes",
     "PerfUpdate",
@@ -39,6 +42,7 @@ __all__ = [
     "Refill",
     "RegisterAgent",
     "Released",
+    "RemoveCron",
     "ReportUnresponsive",
     "RequeueDeadLetters",
     "RetryTask",
@@ -62,10 +66,13 @@ class CarriesTasks(Message):
 
 
 class Append(CarriesTasks):
-    """Host -> journal: record new tasks (answered with the stored records, where a
-    duplicate idempotency key gives the existing record)."""
+    """Host or scheduler -> journal: record new tasks (answered with the stored records,
+    where a duplicate idempotency key gives the existing record). ``admitted``: the sender
+    took an admission credit per task (the host's ``submit``); the scheduler's cron tasks
+    take none."""
 
     records: tuple[TaskRecord, ...]
+    admitted: bool = True
 
 
 class Persist(CarriesTasks):
@@ -153,7 +160,7 @@ class RetryTask(CarriesTasks):
 
 
 class CancelTask(Message):
-    """Host -> queue / retry / agent: cancel a task wherever it is."""
+    """Host -> queue / retry / scheduler / agent: cancel a task wherever it is."""
 
     task_id: uuid.UUID
 
@@ -275,6 +282,30 @@ class Refill(Message):
     asks for more than the queue holds."""
 
     below: int
+
+
+class Hold(CarriesTasks):
+    """Journal or host -> scheduler: delayed tasks (PENDING, ``next_attempt_at`` their run
+    time), to be queued when that time comes."""
+
+    records: tuple[TaskRecord, ...]
+
+
+class AddCron(Message):
+    """Host -> scheduler: add (or replace, by name) a cron entry; answered with its next
+    fire time."""
+
+    spec: CronSpec
+
+
+class RemoveCron(Message):
+    """Host -> scheduler: remove a cron entry; answered True if there was one."""
+
+    name: str
+
+
+class ListCron(Message):
+    """Host -> scheduler: answered with the cron entries and their next fire times."""
 
 
 class RequeueDeadLetters(Message):

@@ -27,8 +27,17 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, model_validator
+from croniter import croniter
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 
 from messages.base import (
     FrozenDict,
@@ -52,6 +61,7 @@ __all__ = [
     "TRANSITIONS",
     "AgentSpec",
     "Attempt",
+    "CronSpec",
     "TaskRecord",
     "TaskSpec",
     "TaskState",
@@ -323,6 +333,55 @@ class TaskSpec(Message):
     backoff_cap_s: float | None = Field(default=None, ge=0)
 
 
+def _check_cron(value: str) -> str:
+    fields = value.split()
+    # croniter also takes a 7th field (year); five or six (seconds last) are what the
+    # docs promise, so nothing else is accepted.
+    if not 5 <= len(fields) <= 6 and not (len(fields) == 1 and value.startswith("@")):
+        raise ValueError(f"a cron expression has 5 or 6 fields (seconds last), got {value!r}")
+    if not croniter.is_valid(value):
+        raise ValueError(f"not a valid cron expression: {value!r}")
+    return " ".join(fields)
+
+
+class CronSpec(Message):
+    """A task submitted on a cron schedule (``TaskRunner.add_cron``).
+
+    ``cron``: five fields (minute hour day month weekday), a sixth for seconds, or a
+    nickname such as ``@hourly``; read in ``timezone`` (an IANA name). At each fire time
+    the runner submits ``task`` with the idempotency key ``cron:<name>:<fire time>``
+    (ISO 8601, UTC), so a fire time makes at most one task, however many runners fire it.
+    A fire time missed while no runner ran is skipped, not caught up.
+    """
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    cron: str = Field(min_length=1, max_length=200)
+    task: TaskSpec
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        return _check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _no_own_key(self) -> CronSpec:
+        if self.task.idempotency_key is not None:
+            raise ValueError(
+                "a cron task gets its idempotency key from its fire time; leave it unset"
+            )
+        return self
+
+
 class AgentSpec(Message):
     """A registered agent: what it can do and how many tasks it runs at once."""
 
@@ -481,22 +540,25 @@ def queued_records(
     owner: str | None,
     max_attempts: int,
     first_sequence: int = 0,
+    run_at: datetime | None = None,
 ) -> tuple[TaskRecord, ...]:
     """New records for ``specs``, in state QUEUED, with ids from :func:`new_task_ids`:
     for each spec what ``TaskRecord.fast`` builds given every field (``max_attempts`` the
     spec's, else the one given; created and updated ``now``; ``owner``; sequence 0, or
     ``first_sequence``, ``first_sequence + 1``, ... if that is given: the store's
     :meth:`~actors.journal.store.TaskStore.sequence_hint`), from one template of the
-    fields they share."""
+    fields they share.
+
+    ``run_at``: delayed tasks, PENDING until then (``next_attempt_at``), not QUEUED."""
     shape = _RECORD_SHAPE
     template = shape.template.copy()  # compact, as each copy of it
     template.update(
-        state=TaskState.QUEUED,
+        state=TaskState.QUEUED if run_at is None else TaskState.PENDING,
         attempt=0,
         sequence=0,
         created_at=now,
         updated_at=now,
-        next_attempt_at=None,
+        next_attempt_at=run_at,
         last_error=None,
         result=None,
         history=(),

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from types import FrameType
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -40,7 +41,7 @@ from actors.journal.store import (
     store_for_url,
 )
 from messages.errors import InvalidMessage, StoreError
-from messages.task import TERMINAL_STATES, AgentSpec, TaskRecord, TaskSpec, TaskState
+from messages.task import TERMINAL_STATES, AgentSpec, CronSpec, TaskRecord, TaskSpec, TaskState
 from supervisor.runner import RunnerConfig, TaskRunner, load_handler
 
 __all__ = ["DEFAULT_STORE", "CommandError", "add_commands"]
@@ -71,6 +72,17 @@ def add_commands(sub: Any) -> None:
         "--idempotency-key", default=None, help="a key already used returns that task's id"
     )
     submit.add_argument("--max-attempts", type=int, default=None, help="attempts before DLQ")
+    when = submit.add_mutually_exclusive_group()
+    when.add_argument(
+        "--delay", type=_seconds, default=None, metavar="SECONDS", help="run no sooner than this"
+    )
+    when.add_argument(
+        "--run-at",
+        type=_instant,
+        default=None,
+        metavar="ISO8601",
+        help="run no sooner than this instant (with a UTC offset, e.g. 2027-01-01T09:00Z)",
+    )
     submit.add_argument("--json", action="store_true", help="print {task_id, state} as JSON")
     submit.set_defaults(run=_guarded(_submit))
 
@@ -124,6 +136,15 @@ def add_commands(sub: Any) -> None:
         default=60.0,
         help="at start, keep trying a store that is unavailable (a database still starting) "
         "this many seconds, with backoff (0: fail at once)",
+    )
+    worker.add_argument(
+        "--cron",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "EXPR", "TYPE"),
+        help="submit a task of TYPE at every fire time of the cron EXPR (5 fields, or 6 "
+        "with seconds last; UTC); repeatable. On a shared store one worker fires each time",
     )
     worker.add_argument("--json", action="store_true", help="print the exit summary as JSON")
     worker.set_defaults(run=_guarded(_worker))
@@ -192,6 +213,16 @@ def _seconds(text: str) -> float:
     value = float(text)
     if not value >= 0:  # also refuses NaN
         raise argparse.ArgumentTypeError(f"must be seconds >= 0, got {text}")
+    return value
+
+
+def _instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {text}") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give a UTC offset (e.g. Z or +01:00): {text}")
     return value
 
 
@@ -276,7 +307,7 @@ def _submit(args: argparse.Namespace) -> int:
     runner = _start_runner(args.store, recover=False)
     try:
         try:
-            handle = runner.submit(spec)
+            handle = runner.submit(spec, delay_s=args.delay, run_at=args.run_at)
         except InvalidMessage as exc:  # e.g. a payload larger than max_payload_bytes
             raise CommandError(str(exc)) from None
         record = handle.record()
@@ -299,6 +330,7 @@ def _validation_message(exc: ValidationError) -> str:
 # -- worker ---------------------------------------------------------------------------------
 def _worker(args: argparse.Namespace) -> int:
     handlers = _load_handlers(args.handler)
+    cron = _cron_entries(args.cron)
     with _stop_signals() as signals:
         # Installed before the runner starts: a signal during start-up stops it cleanly.
         runner = _start_runner(
@@ -308,6 +340,7 @@ def _worker(args: argparse.Namespace) -> int:
             claim_interval_s=args.claim_interval,
             store_wait_s=args.store_wait,
             commit_window=args.commit_window,
+            cron=cron,
         )
         try:
             for task_type, function in handlers.items():
@@ -345,6 +378,18 @@ def _worker(args: argparse.Namespace) -> int:
     _log.info("worker.stopped", **summary)
     print(json.dumps(summary) if args.json else _table(summary))
     return 0
+
+
+def _cron_entries(entries: list[list[str]]) -> tuple[CronSpec, ...]:
+    specs = []
+    for name, expression, task_type in entries:
+        try:
+            specs.append(CronSpec(name=name, cron=expression, task=TaskSpec(type=task_type)))
+        except ValidationError as exc:
+            raise CommandError(f"--cron {name}: {_validation_message(exc)}") from None
+    if len({spec.name for spec in specs}) != len(specs):
+        raise CommandError("--cron entries need distinct names")
+    return tuple(specs)
 
 
 def _load_handlers(specs: list[str]) -> dict[str, Callable[..., Any]]:

@@ -26,7 +26,17 @@ from supervisor.runner import PIPELINE_ACTORS, RunnerConfig, TaskRunner
 
 __all__ = ["CRASHABLE", "DemoAgents", "add_demo_parser", "run_demo"]
 
-CRASHABLE = ("queue", "router", "registry", "retry", "health", "performance", "agent", "journal")
+CRASHABLE = (
+    "queue",
+    "router",
+    "registry",
+    "retry",
+    "scheduler",
+    "health",
+    "performance",
+    "agent",
+    "journal",
+)
 TASK_TYPES = ("summarise", "translate", "review")
 
 _log = structlog.get_logger("arbiter.demo")

@@ -34,12 +34,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Final, Literal, Self, TypeVar
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from actors.agent import AgentExecutor, AgentState, TaskContext
 from actors.cell import ActorRef, LentThread
@@ -68,6 +68,7 @@ from actors.queue import QueueActor, QueueState
 from actors.registry import RegistryActor, RegistryState
 from actors.retry import RetryActor, RetryState
 from actors.router import RouterActor, RouterState
+from actors.scheduler import CronSettings, SchedulerActor, SchedulerState
 from messages.base import json_size, thaw_json
 from messages.errors import (
     ActorStopped,
@@ -85,6 +86,7 @@ from messages.errors import (
 from messages.events import LifecycleEvent
 from messages.health import HealthStatus
 from messages.pipeline import (
+    AddCron,
     Append,
     Assign,
     CancelTask,
@@ -93,10 +95,13 @@ from messages.pipeline import (
     Enqueue,
     GetHealth,
     GetPerformance,
+    Hold,
     InjectCrash,
+    ListCron,
     Persist,
     Pickup,
     RegisterAgent,
+    RemoveCron,
     RequeueDeadLetters,
     RetryTask,
     Sync,
@@ -107,6 +112,7 @@ from messages.supervision import ActorStatistics, DeadLetter, GetStatistics
 from messages.task import (
     TERMINAL_STATES,
     AgentSpec,
+    CronSpec,
     TaskRecord,
     TaskSpec,
     TaskState,
@@ -131,12 +137,16 @@ PIPELINE_ACTORS = (
     "health",
     "registry",
     "retry",
+    "scheduler",
     "queue",
     "router",
 )
 """The pipeline actors, in start order (the agents' supervisor starts after them). In shared
 mode the ``claimer`` starts too, right after ``queue``."""
 
+
+CRON_LEADER = "cron"
+"""The leader lease a runner on a shared store holds to fire the cron entries."""
 
 _WAIT_POLL_S = (0.01, 0.2)
 """Shared mode: ``wait`` polls the store from every 10 ms, slowing down to every 200 ms."""
@@ -267,6 +277,16 @@ class RunnerConfig(BaseModel):
     Each look also sweeps a stretch of the older QUEUED tasks, which finds old tasks they
     re-queued (``retry-dead``) within a few looks (4,000 queued tasks per look). Only when
     ``recover`` is on: a runner that only submits picks up nothing."""
+    cron: tuple[CronSpec, ...] = ()
+    """Cron entries added when the runner starts (see :meth:`TaskRunner.add_cron`)."""
+
+    @field_validator("cron")
+    @classmethod
+    def _distinct_cron_names(cls, value: tuple[CronSpec, ...]) -> tuple[CronSpec, ...]:
+        names = [spec.name for spec in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"cron entries need distinct names, got {names}")
+        return value
 
 
 def open_store_waiting(url: str, wait_s: float) -> TaskStore:
@@ -453,6 +473,8 @@ class TaskRunner:
             self._recover()
         if self._journal_state.local is not None:
             self._arm_pickup()
+        for cron in config.cron:
+            self.add_cron(cron)
         if config.gc_freeze:
             gc.collect()
             gc.freeze()
@@ -470,6 +492,7 @@ class TaskRunner:
             self._stop_listening()
             self._stop_listening = None
         try:
+            store.resign(CRON_LEADER, self.config.runner_id)  # another runner fires at once
             released = store.release(self.config.runner_id)
             store.deregister_runner(self.config.runner_id)
         except StoreError as exc:  # the leases will expire and be rescued instead
@@ -521,6 +544,12 @@ class TaskRunner:
             ),
             rng=random.Random(rng.random()),
         )
+        scheduler = SchedulerState()
+        cron = CronSettings(
+            owner=None if self._shared else config.runner_id,
+            max_attempts=config.max_attempts,
+            lead=self._lead_cron if self._shared else None,
+        )
         queue = QueueState()
         router = RouterState(RouterCore(config.routing_strategy, rng=random.Random(rng.random())))
         prefetch = PrefetchPolicy(config.prefetch, config.prefetch_window_ms, config.prefetch_max)
@@ -542,6 +571,7 @@ class TaskRunner:
             "health": lambda: HealthActor(health, wiring, config.health_interval_s),
             "registry": lambda: RegistryActor(registry, wiring),
             "retry": lambda: RetryActor(retry, wiring),
+            "scheduler": lambda: SchedulerActor(scheduler, wiring, cron),
             "queue": lambda: QueueActor(queue, wiring),
             "router": lambda: RouterActor(router, wiring, prefetch),
         }
@@ -632,11 +662,16 @@ class TaskRunner:
         now = self.clock.now()
         queued = [r for r in records if r.state is TaskState.QUEUED]
         waiting = [r for r in records if r.state is TaskState.RETRY_WAIT]
+        # Delayed: back to the scheduler, which queues them at their run time (now if due).
+        delayed = [
+            r for r in records if r.state is TaskState.PENDING and r.next_attempt_at is not None
+        ]
         # Never started: back to the queue as they are (no attempt was made).
         pending = [
             r.moved(TaskState.QUEUED, at=now, agent_id=None)
             for r in records
-            if r.state in (TaskState.PENDING, TaskState.ASSIGNED)
+            if r.state is TaskState.ASSIGNED
+            or (r.state is TaskState.PENDING and r.next_attempt_at is None)
         ]
         # Started under a runner that died: the attempt counts (dead letter if exhausted).
         interrupted = [
@@ -670,10 +705,13 @@ class TaskRunner:
                 )
         if waiting:
             self._reschedule(waiting)
+        if delayed:
+            peers.get("scheduler").tell(Hold.fast(records=tuple(delayed), redelivered=False))
         self._recovered = len(records)
         _log.info(
             "runner.recovered",
             queued=len(to_queue),
+            delayed=len(delayed),
             retry_wait=len(waiting),
             interrupted=len(interrupted),
         )
@@ -705,7 +743,7 @@ class TaskRunner:
             if self._stopped:
                 return True
             self._accepting = False
-        drained = self.drain(timeout) if drain else self.unfinished() == 0
+        drained = self.drain(timeout) if drain else self._unfinished_due() == 0
         with self._lock:
             self._stopped = True
         self._hub.publish("runner.stopped", None, runner_id=self.config.runner_id, drained=drained)
@@ -820,10 +858,21 @@ class TaskRunner:
             raise answer
 
     # -- tasks --------------------------------------------------------------------------------
-    def submit(self, spec: TaskSpec | Mapping[str, Any] | None = None, **fields: Any) -> TaskHandle:
+    def submit(
+        self,
+        spec: TaskSpec | Mapping[str, Any] | None = None,
+        /,
+        *,
+        delay_s: float | None = None,
+        run_at: datetime | None = None,
+        **fields: Any,
+    ) -> TaskHandle:
         """Submit one task; returns once it is recorded in the store.
 
         ``spec`` is a TaskSpec, a mapping of its fields, or the fields as keywords.
+        ``delay_s`` (seconds from now) or ``run_at`` (an aware datetime) delay the task:
+        it waits PENDING until then, holds no queue capacity meanwhile, and can be
+        cancelled; a time already past runs it at once.
         Raises :class:`InvalidMessage` (also a ValueError) for bad input,
         :class:`PayloadTooLarge` and :class:`QueueFull` (after ``submit_timeout_s``).
         With an ``idempotency_key`` already used, returns the existing task's handle.
@@ -832,27 +881,46 @@ class TaskRunner:
             spec = fields
         elif fields:
             raise InvalidMessage("pass a TaskSpec or keyword fields, not both")
-        return self.submit_many((spec,))[0]
+        return self.submit_many((spec,), delay_s=delay_s, run_at=run_at)[0]
 
-    def submit_many(self, specs: Iterable[TaskSpec | Mapping[str, Any]]) -> list[TaskHandle]:
-        """Submit several tasks in one store transaction (all validated first)."""
+    def submit_many(
+        self,
+        specs: Iterable[TaskSpec | Mapping[str, Any]],
+        *,
+        delay_s: float | None = None,
+        run_at: datetime | None = None,
+    ) -> list[TaskHandle]:
+        """Submit several tasks in one store transaction (all validated first); with
+        ``delay_s`` or ``run_at``, every one of them is delayed (see :meth:`submit`)."""
         validated = [self._check_spec(spec) for spec in specs]
+        now = self.clock.now()
+        when = None if delay_s is None and run_at is None else _run_time(now, delay_s, run_at)
+        if when is not None:
+            for spec in validated:
+                if spec.deadline is not None and spec.deadline <= when:
+                    raise InvalidMessage(
+                        f"the task's deadline {spec.deadline.isoformat()} is not after its "
+                        f"run time {when.isoformat()}"
+                    )
         if not validated:
             return []
         if not self._accepting:
             raise RuntimeError("the runner is not accepting tasks (stopped or stopping)")
+        # A delayed task takes no queue capacity while it waits (as a retried task).
+        credits = len(validated) if when is None else 0
         try:
-            self._admission.acquire(len(validated))
+            self._admission.acquire(credits)
         except QueueFull:
             self._hub.publish("queue.full", None, capacity=self.config.queue_capacity)
             raise
         config = self.config
         records = queued_records(
             validated,
-            now=self.clock.now(),
+            now=now,
             owner=None if self._shared else config.runner_id,  # shared: the claimer's lease
             max_attempts=config.max_attempts,
             first_sequence=self._require_store().sequence_hint() if self._direct_inserts else 0,
+            run_at=when,
         )
         try:
             stored: Sequence[TaskRecord] | StoreError
@@ -864,18 +932,18 @@ class TaskRunner:
                     Append.fast(records=records, redelivered=False), timeout=60.0
                 )
         except BaseException:
-            self._admission.release(len(records))
+            self._admission.release(credits)
             raise
         if isinstance(stored, StoreError):  # the journal refused them: nothing stored
-            self._admission.release(len(records))
+            self._admission.release(credits)
             raise stored
         if self._shared:
             # Stored in the shared queue (the database): not in this runner's queue.
-            self._admission.release(len(records))
-        else:  # duplicates (of stored tasks) take no place in the queue
+            self._admission.release(credits)
+        elif credits:  # duplicates (of stored tasks) take no place in the queue
             if fresh is None:
                 fresh = len(new_records(stored, records))
-            self._admission.release(len(records) - fresh)
+            self._admission.release(credits - fresh)
         return [TaskHandle(self, record.task_id) for record in stored]
 
     def _insert(self, records: tuple[TaskRecord, ...]) -> tuple[list[TaskRecord], int]:
@@ -912,6 +980,40 @@ class TaskRunner:
                 f"payload is {size} bytes of JSON; the limit is {self.config.max_payload_bytes}"
             )
         return validated
+
+    # -- cron ---------------------------------------------------------------------------------
+    def add_cron(self, spec: CronSpec | Mapping[str, Any]) -> datetime:
+        """Submit ``spec.task`` at every fire time of ``spec.cron`` (replacing an entry of
+        the same name); returns the first fire time (UTC).
+
+        Each fire submits one task with the idempotency key ``cron:<name>:<fire time>``,
+        so a fire time makes at most one task, across restarts and runners. With a shared
+        store only the runner holding the ``cron`` leader lease fires. A late tick fires
+        once for the latest fire time it passed; fire times missed while no runner ran
+        are skipped. Entries live as long as the runner (add them at each start, or list
+        them in ``RunnerConfig.cron``)."""
+        validated = _validate(CronSpec, spec)
+        fire: datetime = self._peers.get("scheduler").ask(AddCron(spec=validated))
+        return fire
+
+    def remove_cron(self, name: str) -> bool:
+        """Stop the cron entry ``name``; True if there was one."""
+        removed: bool = self._peers.get("scheduler").ask(RemoveCron(name=name))
+        return removed
+
+    def cron_entries(self) -> list[dict[str, Any]]:
+        """The cron entries: name, cron, timezone, task type and next fire time (ISO)."""
+        return list(self._peers.get("scheduler").ask(ListCron()))
+
+    def _lead_cron(self) -> bool:
+        """Shared store, on the scheduler's thread: take or renew the cron leader lease."""
+        try:
+            return self._require_store().try_lead(
+                CRON_LEADER, self.config.runner_id, self.config.lease_s
+            )
+        except StoreError as exc:  # no lease, no fire: the next fire time tries again
+            _log.warning("scheduler.lead_failed", runner_id=self.config.runner_id, error=str(exc))
+            return False
 
     def get(self, task_id: uuid.UUID | str) -> TaskRecord:
         """The stored record of a task; raises UnknownTask."""
@@ -972,14 +1074,22 @@ class TaskRunner:
             self._waiters.discard(task_id, resolved)
 
     def cancel(self, task_id: uuid.UUID | str) -> bool:
-        """Cancel a task wherever it is (queue, router, agent, retry wait); True if this
-        call cancelled it, False if it had already finished."""
+        """Cancel a task wherever it is (delayed, queue, router, agent, retry wait); True
+        if this call cancelled it, False if it had already finished."""
         record = self.get(task_id)
+        if self._shared and record.owner is None and record.state not in TERMINAL_STATES:
+            # Not claimed: no runner holds it; the store cancels it under a row lock.
+            cancelled = self._require_store().cancel_unowned(record.task_id)
+            if cancelled is not None:
+                self._waiters.resolve(cancelled)
+                self._hub.publish("task.cancelled", cancelled.task_id, where="store")
+                return True
+            record = self.get(task_id)
         message = CancelTask.fast(task_id=record.task_id)
         for _ in range(3):  # the task may move between actors while we look
             if record.state in TERMINAL_STATES:
                 return False
-            holders = [self._peers.get(name) for name in ("queue", "router", "retry")]
+            holders = [self._peers.get(name) for name in ("scheduler", "queue", "router", "retry")]
             if record.agent_id is not None and record.agent_id in self._agents:
                 holders.append(self._agents[record.agent_id])
             else:  # assigned but not started yet: the store does not know the agent
@@ -1016,6 +1126,19 @@ class TaskRunner:
         counts = self._require_store().counts()
         return sum(n for state, n in counts.items() if state not in TERMINAL_STATES)
 
+    def _delayed_before(self, horizon: datetime) -> bool:
+        """True if this runner's scheduler holds a delayed task due by ``horizon``."""
+        due = self._actor_statistics(self._peers.get("scheduler")).get("next_delayed")
+        return due is not None and datetime.fromisoformat(due) <= horizon
+
+    def _unfinished_due(self) -> int:
+        counts = self._require_store().counts()
+        return sum(
+            n
+            for state, n in counts.items()
+            if state not in TERMINAL_STATES and state is not TaskState.PENDING
+        )
+
     def unfinished_records(self) -> list[TaskRecord]:
         """Every task of the store not in a terminal state, by (priority desc, sequence
         asc), read through the runner's own store connection (a shared store holds other
@@ -1023,11 +1146,14 @@ class TaskRunner:
         return self._require_store().recoverable()
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until no task is unfinished; True if that happened within ``timeout``."""
+        """Wait until no task is unfinished, except delayed tasks whose run time comes
+        after ``timeout`` (they stay PENDING in the store); True if that happened within
+        ``timeout``."""
         limit = self.config.drain_timeout_s if timeout is None else timeout
         deadline = self.clock.monotonic() + limit
+        horizon = self.clock.now() + timedelta(seconds=limit)
         pause = threading.Event()
-        while self.unfinished():
+        while self._unfinished_due() or self._delayed_before(horizon):
             left = deadline - self.clock.monotonic()
             if left <= 0:
                 return False
@@ -1079,6 +1205,7 @@ class TaskRunner:
                 "orphaned": self._orphaned,
             },
             "performance": peers.get("performance").ask(GetPerformance()),
+            "scheduler": self._actor_statistics(peers.get("scheduler")),
             "recovered": self._recovered,
             **({"commit_window": self._window_status()} if self._window is not None else {}),
             **({"shared": self._shared_status(store)} if self._shared else {}),
@@ -1192,6 +1319,26 @@ class TaskRunner:
         if self._store is None:
             raise RuntimeError("the runner is not started")
         return self._store
+
+
+_MAX_DELAY_S: Final = 10 * 366 * 86_400.0
+"""The longest ``delay_s`` accepted (about ten years)."""
+
+
+def _run_time(now: datetime, delay_s: float | None, run_at: datetime | None) -> datetime | None:
+    """When a delayed task runs, from ``submit``'s ``delay_s`` or ``run_at`` (one of them);
+    None if that is not after ``now`` (the task is queued at once)."""
+    if delay_s is not None and run_at is not None:
+        raise InvalidMessage("pass delay_s or run_at, not both")
+    if run_at is None:
+        if isinstance(delay_s, bool) or not isinstance(delay_s, int | float):
+            raise InvalidMessage(f"delay_s must be a number of seconds, got {delay_s!r}")
+        if not 0 <= delay_s <= _MAX_DELAY_S:  # also refuses NaN
+            raise InvalidMessage(f"delay_s must be between 0 and {_MAX_DELAY_S:.0f}, got {delay_s}")
+        run_at = now + timedelta(seconds=delay_s)
+    elif not isinstance(run_at, datetime) or run_at.tzinfo is None:
+        raise InvalidMessage(f"run_at must be a timezone-aware datetime, got {run_at!r}")
+    return run_at.astimezone(UTC) if run_at > now else None
 
 
 def _interrupted(record: TaskRecord, now: datetime) -> TaskRecord:

@@ -35,6 +35,7 @@ from messages.errors import InvalidTransition, StoreUnavailable
 from messages.pipeline import (
     Append,
     Enqueue,
+    Hold,
     InjectCrash,
     Persist,
     Pickup,
@@ -43,7 +44,14 @@ from messages.pipeline import (
 )
 from messages.task import TaskRecord, TaskState
 
-__all__ = ["JournalActor", "JournalState", "hand_to_queue", "new_records", "publish_submitted"]
+__all__ = [
+    "JournalActor",
+    "JournalState",
+    "hand_over",
+    "hand_to_queue",
+    "new_records",
+    "publish_submitted",
+]
 
 _RETRY_FIRST_S: Final = 0.05  # first wait before writing again to an unavailable store
 _RETRY_CAP_S: Final = 2.0  # longest wait between two attempts
@@ -175,12 +183,13 @@ class JournalActor(Actor):
 
         # Answer each submitter with its slice of the stored records; queue the new ones.
         fresh: list[TaskRecord] = []
+        unadmitted: list[TaskRecord] = []  # new tasks that hold no admission credit (cron)
         offset = 0
         answer_first: Any = None
         for append, item in appends if refused is None else ():
             mine = stored[offset : offset + len(append.records)]
             offset += len(append.records)
-            fresh.extend(new_records(mine, append.records))
+            (fresh if append.admitted else unadmitted).extend(new_records(mine, append.records))
             if item is None:
                 answer_first = tuple(mine)
             else:
@@ -191,13 +200,15 @@ class JournalActor(Actor):
                     answer_first = refused
                 else:
                     item.reply(refused)
-        if fresh:
+        for new, admitted in ((fresh, True), (unadmitted, False)):
+            if not new:
+                continue
             if self.state.local is not None:
-                self.state.local.update(record.task_id for record in fresh)
+                self.state.local.update(record.task_id for record in new)
             if store.shared:  # a claimer (maybe another runner's) takes them
-                publish_submitted(fresh, self.hub)
+                publish_submitted(new, self.hub)
             else:
-                hand_to_queue(fresh, self.peers, self.hub)
+                hand_to_queue(new, self.peers, self.hub, admitted=admitted)
         for record in updates:
             if record.state in (TaskState.COMPLETED, TaskState.CANCELLED, TaskState.DEAD_LETTERED):
                 if fenced and record.task_id in fenced:
@@ -348,22 +359,21 @@ class JournalActor(Actor):
         state.sweep = swept
         if found:  # _foreign has added them to ``local`` already
             state.picked_up += len(found)
-            self.peers.get("queue").tell(
-                Enqueue.fast(records=tuple(found), admitted=False, redelivered=False)
-            )
+            hand_over(found, self.peers, admitted=False)
             self.context.log.info("journal.picked_up", tasks=len(found), full=full)
         return len(found)
 
     def _foreign(
         self, heads: list[tuple[int, uuid.UUID, TaskState]], local: set[uuid.UUID]
     ) -> list[TaskRecord]:
-        """The QUEUED records among ``heads`` that this runner does not hold (each id
-        once: a task seen by the look and by the sweep is queued once)."""
+        """The QUEUED records among ``heads`` that this runner does not hold, and the
+        delayed (PENDING) ones, each id once: a task seen by the look and by the sweep is
+        queued once."""
         found = []
         for _sequence, task_id, head_state in heads:
-            if head_state is TaskState.QUEUED and task_id not in local:
+            if head_state in _PICKED and task_id not in local:
                 record = self.state.store.get(task_id)
-                if record is not None and record.state is TaskState.QUEUED:
+                if record is not None and record.state in _PICKED:
                     local.add(task_id)
                     found.append(record)
         return found
@@ -408,6 +418,10 @@ class JournalActor(Actor):
         return tuple(requeued)
 
 
+_PICKED: Final = frozenset({TaskState.QUEUED, TaskState.PENDING})
+"""What a pickup takes from other processes: queued tasks and delayed ones."""
+
+
 def new_records(stored: Sequence[TaskRecord], submitted: Sequence[TaskRecord]) -> list[TaskRecord]:
     """The records of ``stored`` (a store's answer to inserting ``submitted``) that are new
     tasks: a duplicate's place holds the existing task, with another id. (A store that
@@ -427,8 +441,26 @@ def publish_submitted(fresh: Sequence[TaskRecord], hub: EventHub) -> None:
             hub.publish("task.submitted", record.task_id, type=record.spec.type)
 
 
-def hand_to_queue(fresh: Sequence[TaskRecord], peers: Peers, hub: EventHub) -> None:
+def hand_to_queue(
+    fresh: Sequence[TaskRecord], peers: Peers, hub: EventHub, *, admitted: bool = True
+) -> None:
     """New tasks, just stored, go to the queue (which gives their admission credits back
-    when they leave it)."""
+    when they leave it, if ``admitted``), delayed ones to the scheduler."""
     publish_submitted(fresh, hub)
-    peers.get("queue").tell(Enqueue.fast(records=tuple(fresh), admitted=True, redelivered=False))
+    hand_over(fresh, peers, admitted=admitted)
+
+
+def hand_over(records: Sequence[TaskRecord], peers: Peers, *, admitted: bool) -> None:
+    """QUEUED tasks to the queue; delayed (PENDING) ones to the scheduler, which holds
+    them until their run time (they never hold an admission credit)."""
+    if all(record.state is TaskState.QUEUED for record in records):  # the common case
+        peers.get("queue").tell(
+            Enqueue.fast(records=tuple(records), admitted=admitted, redelivered=False)
+        )
+        return
+    queued = tuple(record for record in records if record.state is TaskState.QUEUED)
+    delayed = tuple(record for record in records if record.state is TaskState.PENDING)
+    if queued:
+        peers.get("queue").tell(Enqueue.fast(records=queued, admitted=admitted, redelivered=False))
+    if delayed:
+        peers.get("scheduler").tell(Hold.fast(records=delayed, redelivered=False))

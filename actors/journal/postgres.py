@@ -184,6 +184,11 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "WHERE owner IS NOT NULL AND lease_expires_at IS NULL "
         "AND state NOT IN ('CANCELLED', 'COMPLETED', 'DEAD_LETTERED')",
     ),
+    # 3: delayed tasks (PENDING until their run time), found by run time for promotion.
+    (
+        "CREATE INDEX IF NOT EXISTS tasks_delayed ON {schema}.tasks (next_attempt_at) "
+        "WHERE owner IS NULL AND state = 'PENDING'",
+    ),
 )
 """Schema migrations: step ``i`` (0-based) takes a store from version ``i`` to ``i + 1``.
 
@@ -274,6 +279,18 @@ _TEMPLATES: Final = {
         ORDER BY priority DESC, sequence
     """,
     # -- shared mode (schema version 2) --
+    "cancel_unowned": """
+        SELECT record::text, now() FROM {schema}.tasks
+        WHERE task_id = %s AND owner IS NULL AND state IN ('PENDING', 'QUEUED', 'RETRY_WAIT')
+        FOR UPDATE
+    """,
+    "promote_due": """
+        SELECT record::text, now() FROM {schema}.tasks
+        WHERE owner IS NULL AND state = 'PENDING' AND next_attempt_at <= now()
+        ORDER BY next_attempt_at
+        LIMIT %s
+        FOR UPDATE SKIP LOCKED
+    """,
     "claim_any": f"""
         SELECT record::text, now() FROM {{schema}}.tasks AS t
         WHERE {_CLAIMABLE}
@@ -997,6 +1014,55 @@ class PostgresStore(TaskStore):
         self._count_shared(claimed=len(claimed))
         return claimed
 
+    def cancel_unowned(self, task_id: uuid.UUID) -> TaskRecord | None:
+        """Cancel an unclaimed task (see TaskStore.cancel_unowned). The row lock orders it
+        with claims and promotions: one that took the row first wins, and a claimed task
+        (owner set) is not cancelled here."""
+
+        def work(cur: psycopg.Cursor[TupleRow]) -> TaskRecord | None:
+            cur.execute(self._sql["cancel_unowned"], (task_id,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            data, now = row
+            record = decode_record(data, self._where).moved(
+                TaskState.CANCELLED, at=now.astimezone(UTC), next_attempt_at=None
+            )
+            cur.execute(self._sql["update_many"], _columns([record]))
+            return record
+
+        return self._transaction(work, "cancelling a task")
+
+    def promote_due(self, limit: int) -> list[TaskRecord]:
+        """Delayed tasks whose run time has come -> QUEUED (see TaskStore.promote_due).
+
+        One transaction: ``SELECT ... FOR UPDATE SKIP LOCKED`` by run time on the
+        ``tasks_delayed`` index, the records moved in Python and written back, and a
+        ``NOTIFY`` if any moved. Tasks waiting for later are never read."""
+        if limit <= 0:
+            self._checked_pool()
+            return []
+
+        def work(cur: psycopg.Cursor[TupleRow]) -> list[TaskRecord]:
+            cur.execute(self._sql["promote_due"], (limit,))
+            rows = cur.fetchall()
+            if not rows:
+                return []
+            now: datetime = rows[0][1].astimezone(UTC)
+            promoted = [
+                decode_record(data, self._where).moved(
+                    TaskState.QUEUED, at=now, next_attempt_at=None
+                )
+                for data, _ in rows
+            ]
+            cur.execute(self._sql["update_many"], _columns(promoted))
+            if cur.rowcount != len(promoted):  # pragma: no cover - locked rows cannot vanish
+                raise UnknownTask(f"{len(promoted) - cur.rowcount} promoted task(s) vanished")
+            cur.execute(self._sql["notify"], (self._channel,))
+            return promoted
+
+        return self._transaction(work, "promoting delayed tasks", durable=False)
+
     def renew(self, owner: str, lease_s: float) -> int:
         """Extend the lease of every unfinished task of ``owner`` (one statement)."""
         _check_owner(owner)
@@ -1389,11 +1455,14 @@ def _check_lease(lease_s: float) -> None:
 def _freed(record: TaskRecord, now: datetime, error: str) -> TaskRecord:
     """``record`` without owner or lease, as a rescuer leaves it.
 
-    Not started: QUEUED. RETRY_WAIT: stays (claimable when due). Started: the attempt
-    counts (its history says how it ended); QUEUED if attempts are left, else dead.
+    Not started: QUEUED. Delayed (PENDING with a run time) and RETRY_WAIT: stay (queued
+    when due). Started: the attempt counts (its history says how it ended); QUEUED if
+    attempts are left, else dead.
     """
     free: dict[str, Any] = {"owner": None, "lease_expires_at": None}
     state = record.state
+    if state is TaskState.PENDING and record.next_attempt_at is not None:
+        return record.evolve(**free)
     if state in _NOT_STARTED:
         if state is not TaskState.QUEUED:
             record = record.moved(TaskState.QUEUED, at=now, agent_id=None)

@@ -72,6 +72,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
     # 2: shared mode (runners, leader leases) is postgres only: nothing to do here.
     (),
+    # 3: the index of delayed tasks for promotion is postgres only (shared mode) too.
+    (),
 )
 """Schema migrations: step ``i`` (0-based) takes a store from version ``i`` to ``i + 1``."""
 

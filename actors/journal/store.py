@@ -46,7 +46,7 @@ __all__ = [
     "store_for_url",
 ]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """The newest schema version this code knows (every backend reports it once open).
 
 2: the tables of shared mode (``runners``, ``leaders``) and the claim and lease indexes
@@ -271,6 +271,18 @@ class TaskStore(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} is not a shared store")
 
+    def cancel_unowned(self, task_id: uuid.UUID) -> TaskRecord | None:
+        """Cancel ``task_id`` if no runner holds it (delayed, queued or waiting for a
+        retry, without an owner); return it as stored, or None if it is not such a task
+        (a runner claimed it, it ended, or there is none)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
+
+    def promote_due(self, limit: int) -> list[TaskRecord]:
+        """Move up to ``limit`` unowned delayed tasks (PENDING) whose run time has come to
+        QUEUED, for any claimer to take (and notify the claimers); return them as stored.
+        Each is promoted by exactly one caller, however many race."""
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
+
     def renew(self, owner: str, lease_s: float) -> int:
         """Extend to ``lease_s`` seconds from now the lease of every unfinished task of
         ``owner``; return how many."""
@@ -317,6 +329,10 @@ class TaskStore(ABC):
     def try_lead(self, name: str, owner: str, lease_s: float) -> bool:
         """Take the leader lease ``name`` for ``owner`` if it is free or expired, or renew
         it if ``owner`` holds it; True when ``owner`` is the leader for ``lease_s`` now."""
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
+
+    def resign(self, name: str, owner: str) -> bool:
+        """Give up the leader lease ``name`` if ``owner`` holds it; True if it did."""
         raise NotImplementedError(f"{type(self).__name__} is not a shared store")
 
     def leader(self, name: str) -> str | None:

@@ -32,7 +32,7 @@ def test_supervision_demo_shows_restarts_in_the_log() -> None:
     assert sum(e["event"] == "supervisor.child_failed" for e in events) == 4
 
 
-CRASH_ALL = ("queue", "router", "registry", "retry", "health", "performance", "agent")
+CRASH_ALL = ("queue", "router", "registry", "retry", "scheduler", "health", "performance", "agent")
 
 
 def test_demo_crashing_every_actor_loses_no_task() -> None:

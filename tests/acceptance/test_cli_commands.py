@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -484,3 +485,84 @@ def test_in_process_worker_options_are_checked(
         main(["worker", "--handler", f"work={APPEND}", "--commit-window", "-1"])
     assert exited.value.code == 2
     assert "must be at least 0" in capsys.readouterr().err
+
+
+def test_in_process_delayed_submit_waits_pending_until_a_worker_runs_it(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _main(capsys, "submit", "--type", "work", "--delay", "0.3", "--json")
+    assert code == 0
+    submitted = json.loads(out)
+    assert submitted["state"] == "pending"
+    code, out, _ = _main(capsys, "tasks", "--state", "pending")
+    assert submitted["task_id"] in out
+    code, out, err = _main(capsys, "worker", "--handler", f"work={APPEND}", "--drain")
+    assert code == 0, err
+    assert (in_tmp / "executed.log").read_text() == f"{submitted['task_id']}\n"
+    with open_store(f"sqlite:///{in_tmp / 'arbiter.db'}") as store:
+        (record,) = store.list_tasks()
+    started = record.history[0].started_at
+    assert record.state is TaskState.COMPLETED and started is not None
+    assert started >= record.created_at + timedelta(seconds=0.3)
+    code, out, _ = _main(capsys, "submit", "--type", "work", "--run-at", "2000-01-01T00:00Z")
+    assert code == 0  # a past instant: queued at once
+    code, out, _ = _main(capsys, "tasks", "--state", "queued")
+    assert len(out.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--run-at", "2030-01-01T00:00"], "give a UTC offset"),
+        (["--run-at", "tomorrow"], "not an ISO 8601 instant"),
+        (["--delay", "-1"], "must be seconds >= 0"),
+        (["--delay", "1", "--run-at", "2030-01-01T00:00Z"], "not allowed with argument"),
+    ],
+)
+def test_in_process_bad_delays_are_refused(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["submit", "--type", "work", *args])
+    assert exited.value.code == 2
+    assert needle in capsys.readouterr().err
+    assert not (in_tmp / "arbiter.db").exists()
+
+
+def test_a_worker_with_a_cron_entry_submits_and_runs_its_tasks(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "supervisor.cli", "--log-format", "json", "worker"),
+            *("--handler", f"work={APPEND}", "--cron", "beat", "* * * * * *", "work"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = tmp_path / "executed.log"
+    try:
+        _wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    fired = [e for e in _events(err) if e["event"] == "scheduler.cron_fired"]
+    assert len(fired) >= 2
+    with open_store(f"sqlite:///{tmp_path / 'arbiter.db'}") as store:
+        keys = [r.spec.idempotency_key for r in store.list_tasks()]
+    assert len(keys) == len(set(keys)) >= 2
+    assert all(key is not None and key.startswith("cron:beat:") for key in keys)
+
+
+def test_in_process_bad_cron_entries_are_one_line_errors(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = ["--cron", "x", "every day", "work"]
+    code, _, err = _main(capsys, "worker", "--handler", f"work={APPEND}", *bad)
+    assert code == 2 and "5 or 6 fields" in err
+    twice = ["--cron", "x", "* * * * *", "work"] * 2
+    code, _, err = _main(capsys, "worker", "--handler", f"work={APPEND}", *twice)
+    assert code == 2 and "distinct names" in err

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from actors.journal import open_store
-from messages import StoreUnavailable, TaskRecord, TaskState
+from actors.journal import SCHEMA_VERSION, open_store
+from messages import CronSpec, StoreUnavailable, TaskRecord, TaskState
 from messages.task import TaskSpec
 from supervisor import RunnerConfig, TaskContext, TaskRunner
 from tests.conftest import WAIT_S, wait_for
@@ -678,7 +678,7 @@ def test_a_version_1_store_is_migrated_and_its_orphans_rescued(
             ),
         )
     with open_store(url) as store:
-        assert store.schema_version == 2
+        assert store.schema_version == SCHEMA_VERSION
         assert column(name, done.task_id, "attempt") == 1
         assert column(name, done.task_id, "lease_expires_at") is None
         (rescued,) = store.rescue_expired(10)
@@ -910,3 +910,126 @@ def test_a_failing_store_never_crashes_the_claimer(
     assert status["actors"]["claimer"]["restarts"] == 0
     assert status["shared"]["claimer"]["store_errors"] >= len(failed)
     assert status["shared"]["claimer"]["leases_at_risk"] is False
+
+
+# -- delayed tasks and cron on a shared store ------------------------------------------------
+
+
+def test_due_delayed_tasks_are_promoted_once_and_later_ones_left_alone(
+    schema: tuple[str, str], stores: Callable[[], PostgresStore]
+) -> None:
+    name, _ = schema
+    a, b = stores(), stores()
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    future = datetime(2999, 1, 1, tzinfo=UTC)
+    due = a.insert([make_record(state=TaskState.PENDING, next_attempt_at=past) for _ in range(5)])
+    (later,) = a.insert([make_record(state=TaskState.PENDING, next_attempt_at=future)])
+    assert a.claim("A", 10, 30.0) == []  # a delayed task is never claimed as it is
+    promoted: list[TaskRecord] = []
+    barrier = threading.Barrier(2)
+
+    def promote(store: PostgresStore) -> None:
+        barrier.wait(WAIT_S)
+        promoted.extend(store.promote_due(3))
+        promoted.extend(store.promote_due(3))
+
+    threads = [threading.Thread(target=promote, args=(s,)) for s in (a, b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT_S)
+    assert sorted(r.task_id for r in promoted) == sorted(r.task_id for r in due)  # each once
+    for record in promoted:
+        assert record.state is TaskState.QUEUED
+        assert record.next_attempt_at is None and record.owner is None
+        assert a.get(record.task_id) == record
+        assert column(name, record.task_id, "state") == "QUEUED"
+    assert a.get(later.task_id) == later
+    assert len(a.claim("A", 10, 30.0)) == 5
+    assert a.promote_due(0) == []
+
+
+def test_a_rescue_leaves_a_delayed_task_waiting(stores: Callable[[], PostgresStore]) -> None:
+    store = stores()
+    future = datetime(2999, 1, 1, tzinfo=UTC)
+    expired = datetime.now(UTC) - timedelta(seconds=1)
+    (delayed,) = store.insert(
+        [
+            make_record(
+                state=TaskState.PENDING,
+                next_attempt_at=future,
+                owner="gone",
+                lease_expires_at=expired,
+            )
+        ]
+    )
+    (rescued,) = store.rescue_expired(10)
+    assert rescued.task_id == delayed.task_id
+    assert rescued.state is TaskState.PENDING and rescued.next_attempt_at == future
+    assert rescued.owner is None
+    assert store.promote_due(10) == []
+
+
+def test_a_delayed_task_in_a_shared_store_runs_on_any_runner_after_its_time(
+    runners: Callable[..., TaskRunner],
+) -> None:
+    executions = Executions()
+    submitter = runners("submitter")
+    worker = runners("worker", claim_interval_s=0.05)
+    worker.register_agent(
+        {"agent_id": "w", "capabilities": {"later"}, "max_concurrency": 2},
+        executions.handler("worker"),
+    )
+    handle = submitter.submit({"type": "later"}, delay_s=0.3)
+    waiting = handle.record()
+    assert waiting.state is TaskState.PENDING and waiting.owner is None
+    assert handle.result(timeout=WAIT_S) == "worker"
+    started = handle.record().history[0].started_at
+    assert waiting.next_attempt_at is not None and started is not None
+    assert started >= waiting.next_attempt_at
+    assert worker.status()["shared"]["claimer"]["promoted"] == 1
+    cancelled = submitter.submit({"type": "later"}, delay_s=3600)
+    assert cancelled.cancel()  # no runner holds it: the store cancels it
+    assert cancelled.state() is TaskState.CANCELLED
+    assert not cancelled.cancel()
+
+
+def test_an_unclaimed_task_in_a_shared_store_can_be_cancelled(
+    stores: Callable[[], PostgresStore], runners: Callable[..., TaskRunner]
+) -> None:
+    submitter = runners("submitter")  # no agents: it claims nothing
+    queued = submitter.submit({"type": "nobody-runs-this"})
+    assert queued.cancel()
+    assert queued.state() is TaskState.CANCELLED
+    store = stores()
+    (claimed,) = store.insert([make_record()])
+    store.claim("A", 1, 30.0)
+    assert store.cancel_unowned(claimed.task_id) is None  # a runner holds it
+    assert store.get(claimed.task_id).state is TaskState.QUEUED
+
+
+def test_only_the_cron_leader_fires_and_another_takes_over_when_it_stops(
+    runners: Callable[..., TaskRunner],
+) -> None:
+    entry = CronSpec(name="beat", cron="* * * * * *", task=TaskSpec(type="tick"))
+    a = runners("A", cron=(entry,))
+    b = runners("B", cron=(entry,))
+
+    def stats(runner: TaskRunner) -> dict[str, Any]:
+        found: dict[str, Any] = runner.status()["scheduler"]
+        return found
+
+    wait_for(lambda: stats(a)["cron_fired"] + stats(b)["cron_fired"] >= 3)
+    fired = {"A": stats(a)["cron_fired"], "B": stats(b)["cron_fired"]}
+    leader, other = (a, b) if fired["A"] >= fired["B"] else (b, a)
+    assert min(fired.values()) <= 1  # one runner fires (the lease may change hands once)
+    wait_for(lambda: stats(other)["cron_skipped"] >= 1)
+    leader.stop(drain=False)  # resigns the lease: the other fires from its next tick
+    before = stats(other)["cron_fired"]
+    wait_for(lambda: stats(other)["cron_fired"] >= before + 2)
+    keys = [
+        r.spec.idempotency_key
+        for r in other._require_store().list_tasks(limit=10_000)
+        if r.spec.type == "tick"
+    ]
+    assert len(keys) == len(set(keys))  # one task per fire time
