@@ -16,7 +16,7 @@ from typing import Any
 from actors.base import Actor
 from actors.core.retry import RetryPolicy, RetrySchedulerCore, decide
 from actors.pipeline import TickTimer, Wiring
-from messages.pipeline import CancelTask, Enqueue, InjectCrash, RetryTask, Tick
+from messages.pipeline import CancelTask, Enqueue, Hold, InjectCrash, RetryTask, Tick
 from messages.task import TaskRecord, TaskState
 
 __all__ = ["RetryActor", "RetryState"]
@@ -47,6 +47,8 @@ class RetryActor(Actor):
     def receive(self, message: Any) -> Any:
         if isinstance(message, RetryTask):
             self._failed(message)
+        elif isinstance(message, Hold):
+            self._resume(message.records)
         elif isinstance(message, Tick):
             self.state.timer.fired()
             self._due()
@@ -132,6 +134,21 @@ class RetryActor(Actor):
                     )
         self._send(persist, requeue)
         self._arm()
+
+    def _resume(self, records: tuple[TaskRecord, ...]) -> None:
+        """RETRY_WAIT tasks a runner before this one left in the store: each waits for
+        what is left of its backoff (none, if its time has passed)."""
+        clock = self.wiring.clock
+        now = clock.now()
+        mono = clock.monotonic()
+        core = self.state.core
+        for record in records:
+            if record.task_id in core:
+                continue  # a redelivered message: already waiting
+            due = record.next_attempt_at
+            left = 0.0 if due is None else max(0.0, (due - now).total_seconds())
+            core.schedule(record, mono + left)
+        self._due()
 
     def _due(self) -> None:
         clock = self.wiring.clock

@@ -286,7 +286,8 @@ class Refill(Message):
 
 class Hold(CarriesTasks):
     """Journal or host -> scheduler: delayed tasks (PENDING, ``next_attempt_at`` their run
-    time), to be queued when that time comes."""
+    time), to be queued when that time comes. Host -> retry scheduler (recovery): tasks
+    left waiting for a retry (RETRY_WAIT), to be queued when their backoff is over."""
 
     records: tuple[TaskRecord, ...]
 

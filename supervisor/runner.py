@@ -24,7 +24,6 @@ the store (another runner may finish the task). See docs/deployment.md.
 
 from __future__ import annotations
 
-import functools
 import gc
 import importlib
 import os
@@ -703,8 +702,8 @@ class TaskRunner:
                         redelivered=False,
                     )
                 )
-        if waiting:
-            self._reschedule(waiting)
+        if waiting:  # the rest of their backoff in the retry scheduler (cancellable there)
+            peers.get("retry").tell(Hold.fast(records=tuple(waiting), redelivered=False))
         if delayed:
             peers.get("scheduler").tell(Hold.fast(records=tuple(delayed), redelivered=False))
         self._recovered = len(records)
@@ -714,24 +713,6 @@ class TaskRunner:
             delayed=len(delayed),
             retry_wait=len(waiting),
             interrupted=len(interrupted),
-        )
-
-    def _reschedule(self, waiting: list[TaskRecord]) -> None:
-        """RETRY_WAIT tasks from the store: due ones now, the others at their due time."""
-        now = self.clock.now()
-        timers = self._require_system().runtime.timers
-        for record in waiting:
-            due = record.next_attempt_at
-            delay = 0.0 if due is None else max(0.0, (due - now).total_seconds())
-            timers.call_later(delay, functools.partial(self._requeue_waiting, record))
-
-    def _requeue_waiting(self, record: TaskRecord) -> None:
-        if self._stopped:
-            return
-        queued = record.moved(TaskState.QUEUED, at=self.clock.now(), next_attempt_at=None)
-        self._require_wiring().persist((queued,))
-        self._peers.get("queue").tell(
-            Enqueue.fast(records=(queued,), admitted=False, redelivered=False)
         )
 
     def stop(self, *, drain: bool = True, timeout: float | None = None) -> bool:

@@ -82,6 +82,38 @@ def test_an_interrupted_attempt_counts_and_retry_wait_keeps_its_due_time(tmp_pat
         second.stop()
 
 
+def test_a_recovered_retry_wait_waits_in_the_retry_scheduler_and_can_be_cancelled(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    first = TaskRunner.start(RunnerConfig(store=url))
+    later, soon = first.submit_many([{"type": "t"}, {"type": "t", "payload": 2}])
+    first.stop(drain=False)
+    now = utcnow()
+    with open_store(url) as store:
+        waiting = []
+        for handle, left in ((later, timedelta(hours=1)), (soon, timedelta(seconds=0.2))):
+            record = store.get(handle.task_id)
+            assert record is not None
+            waiting.append(
+                record.evolve(state=TaskState.RETRY_WAIT, attempt=1, next_attempt_at=now + left)
+            )
+        store.apply((), waiting)
+    second = TaskRunner.start(RunnerConfig(store=url))
+    try:
+        second.register_agent(AgentSpec(agent_id="a", capabilities={"t"}), lambda t: t.attempt)
+        assert second.status()["recovered"] == 2
+        assert second.cancel(later.task_id)  # the retry scheduler holds it
+        assert second.get(later.task_id).state is TaskState.CANCELLED
+        done = second.wait(soon.task_id, WAIT_S)
+        assert done.result == 2
+        started = done.history[-1].started_at
+        assert started is not None and started >= now + timedelta(seconds=0.2)
+        assert second.get(later.task_id).state is TaskState.CANCELLED
+    finally:
+        second.stop()
+
+
 def test_idempotency_keys_deduplicate_across_restarts(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'tasks.db'}"
     with TaskRunner.start(RunnerConfig(store=url)) as first:
