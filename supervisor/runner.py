@@ -120,6 +120,7 @@ from messages.task import (
 )
 from supervisor.strategy import ChildSpec, Restart, Strategy
 from supervisor.system import ActorSystem
+from supervisor.tracing import Tracing
 
 __all__ = ["PIPELINE_ACTORS", "RunnerConfig", "TaskHandle", "TaskRunner"]
 
@@ -278,6 +279,9 @@ class RunnerConfig(BaseModel):
     ``recover`` is on: a runner that only submits picks up nothing."""
     cron: tuple[CronSpec, ...] = ()
     """Cron entries added when the runner starts (see :meth:`TaskRunner.add_cron`)."""
+    tracing: bool = False
+    """OpenTelemetry spans for submits and attempts, the trace context carried in each task
+    (needs ``opentelemetry-api``: the ``otel`` extra; see :mod:`supervisor.tracing`)."""
 
     @field_validator("cron")
     @classmethod
@@ -407,9 +411,12 @@ _GC_TUNING = _GcTuning()
 class TaskRunner:
     """An actor-model task runner inside the host process. Use :meth:`start`."""
 
-    def __init__(self, config: RunnerConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: RunnerConfig, clock: Clock | None = None, tracer_provider: Any = None
+    ) -> None:
         self.config = config
         self.clock: Clock = clock if clock is not None else SystemClock()
+        self._tracing = Tracing(tracer_provider) if config.tracing else None
         self._lock = threading.Lock()
         self._accepting = False
         self._stopped = False
@@ -437,9 +444,18 @@ class TaskRunner:
 
     # -- lifecycle --------------------------------------------------------------------------
     @classmethod
-    def start(cls, config: RunnerConfig | None = None, *, clock: Clock | None = None) -> Self:
-        """Start a runner: open the store, start the actors, recover unfinished tasks."""
-        runner = cls(config if config is not None else RunnerConfig(), clock)
+    def start(
+        cls,
+        config: RunnerConfig | None = None,
+        *,
+        clock: Clock | None = None,
+        tracer_provider: Any = None,
+    ) -> Self:
+        """Start a runner: open the store, start the actors, recover unfinished tasks.
+
+        ``tracer_provider``: the OpenTelemetry tracer provider of ``RunnerConfig.tracing``
+        (default: the global one)."""
+        runner = cls(config if config is not None else RunnerConfig(), clock, tracer_provider)
         runner._start()
         return runner
 
@@ -767,6 +783,8 @@ class TaskRunner:
         function = load_handler(handler) if isinstance(handler, str) else handler
         if not callable(function):
             raise InvalidMessage(f"handler for {spec.agent_id!r} is not callable")
+        if self._tracing is not None:
+            function = self._tracing.wrap(function, spec.agent_id)
         system = self._require_system()
         with self._lock:
             if spec.agent_id in self._agents:
@@ -874,6 +892,14 @@ class TaskRunner:
         """Submit several tasks in one store transaction (all validated first); with
         ``delay_s`` or ``run_at``, every one of them is delayed (see :meth:`submit`)."""
         validated = [self._check_spec(spec) for spec in specs]
+        if self._tracing is not None and validated:
+            with self._tracing.submitting(validated) as traced:
+                return self._submit_validated(traced, delay_s, run_at)
+        return self._submit_validated(validated, delay_s, run_at)
+
+    def _submit_validated(
+        self, validated: list[TaskSpec], delay_s: float | None, run_at: datetime | None
+    ) -> list[TaskHandle]:
         now = self.clock.now()
         when = None if delay_s is None and run_at is None else _run_time(now, delay_s, run_at)
         if when is not None:

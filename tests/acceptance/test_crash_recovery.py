@@ -211,3 +211,60 @@ def test_sigkill_during_a_burst_of_submits_keeps_every_returned_task(tmp_path: P
     assert drain.returncode == 0, drain.stderr[-3000:]
     assert set(_states(url).values()) == {TaskState.COMPLETED}
     assert Counter(_read_lines(log)) == dict.fromkeys(stored, 1)
+
+
+def test_sigkilled_worker_loses_no_delayed_task_and_runs_none_early(tmp_path: Path) -> None:
+    """Delayed tasks, due in waves, while their worker is SIGKILLed in the middle: the
+    kill loses none (those not yet due stay PENDING in the file), a second worker runs
+    every one, and no attempt of any task started before its run time."""
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    log = tmp_path / "executed.log"
+    runner = TaskRunner.start(RunnerConfig(store=url))
+    run_at: dict[str, object] = {}
+    try:
+        for wave in range(6):  # 100 tasks due every 0.8 s, from 1 s after now
+            handles = runner.submit_many(
+                ({"type": "work", "payload": {"wave": wave}} for _ in range(100)),
+                delay_s=1.0 + 0.8 * wave,
+            )
+            for handle in handles:
+                record = handle.record()
+                assert record.state is TaskState.PENDING
+                run_at[str(handle.task_id)] = record.next_attempt_at
+    finally:
+        runner.stop(drain=False)
+    submitted = set(run_at)
+    with (tmp_path / "worker1.err").open("w") as err:
+        worker = subprocess.Popen(
+            _worker_args(url), cwd=REPO, env=_env(log), stdout=subprocess.DEVNULL, stderr=err
+        )
+        try:  # the first wave has run, the last is hours away in the worker's terms
+            _wait_until(
+                lambda: _whole_lines(log) >= 150 or worker.poll() is not None,
+                timeout=120,
+                what="150 executions",
+            )
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=30)
+    assert worker.returncode == -signal.SIGKILL, (tmp_path / "worker1.err").read_text()[-3000:]
+    states_at_kill = _states(url)
+    assert set(states_at_kill) == submitted
+    assert TaskState.PENDING in set(states_at_kill.values())  # the kill came before the end
+
+    drain = subprocess.run(
+        _worker_args(url, "--drain", "--json"),
+        cwd=REPO, env=_env(log), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert drain.returncode == 0, drain.stderr[-3000:]
+    with open_store(url) as store:
+        final = {str(r.task_id): r for r in store.list_tasks(limit=10_000)}
+    assert set(final) == submitted
+    assert {r.state for r in final.values()} == {TaskState.COMPLETED}
+    executions = Counter(_read_lines(log))
+    assert set(executions) == submitted
+    assert sum(n - 1 for n in executions.values()) <= COMMIT_WINDOW + CONCURRENCY
+    for task_id, record in final.items():
+        for attempt in record.history:
+            assert attempt.started_at is not None
+            assert attempt.started_at >= run_at[task_id]  # type: ignore[operator]

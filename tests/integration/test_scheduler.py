@@ -235,6 +235,8 @@ def test_a_cron_entry_submits_one_task_per_fire_time(
     keys = cron_tasks(runner, "beat")
     assert len(keys) == len(set(keys)) >= 2
     assert keys[0] == f"cron:beat:{first.isoformat()}"
+    # (logged once the journal answered: possibly after the task ran)
+    wait_for(lambda: sum(e["event"] == "scheduler.cron_fired" for e in logs) >= 2)
     fired = [e for e in logs if e["event"] == "scheduler.cron_fired"]
     assert [e["fire"] for e in fired][:2] == [k.removeprefix("cron:beat:") for k in keys[:2]]
 
@@ -248,7 +250,11 @@ def test_a_removed_cron_entry_fires_no_more(runner: TaskRunner, recorder: Record
     runner.add_cron(CronSpec(name="other", cron=EVERY_SECOND, task=TaskSpec(type="d")))
     wait_for(lambda: recorder.runs["d"] >= 2)
     assert len(cron_tasks(runner, "gone")) == fired
-    assert scheduler_stats(runner)["cron_fired"] == fired + len(cron_tasks(runner, "other"))
+    # "other" may fire between two reads: its count in the store brackets the counter.
+    before = len(cron_tasks(runner, "other"))
+    counted = scheduler_stats(runner)["cron_fired"]
+    after = len(cron_tasks(runner, "other"))
+    assert fired + before <= counted <= fired + after
     assert [e["name"] for e in runner.cron_entries()] == ["other"]
 
 
