@@ -44,6 +44,10 @@ from messages.task import TaskRecord, TaskState, queued_records
 
 __all__ = ["CronSettings", "SchedulerActor", "SchedulerState"]
 
+_APPEND_TIMEOUT_S = 10.0
+"""How long a cron fire waits for the journal to store its task (well within the
+watchdog's hang timeout)."""
+
 
 @dataclass
 class SchedulerState:
@@ -182,9 +186,13 @@ class SchedulerActor(Actor):
         records = queued_records(
             specs, now=now, owner=self.settings.owner, max_attempts=self.settings.max_attempts
         )
-        answer = self.wiring.peers.get("journal").ask(
-            Append.fast(records=records, redelivered=False, admitted=False), timeout=60.0
-        )
+        try:
+            answer = self.wiring.peers.get("journal").ask(
+                Append.fast(records=records, redelivered=False, admitted=False),
+                timeout=_APPEND_TIMEOUT_S,
+            )
+        except TimeoutError as exc:  # the journal may still store them (once: the key)
+            answer = StoreError(f"no answer from the journal: {exc}")
         if isinstance(answer, StoreError):  # nothing stored; the next fire time tries again
             state.failed += len(due)
             log.warning(

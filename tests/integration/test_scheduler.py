@@ -7,6 +7,7 @@ delayed task's start is checked against its run time on the records the runner w
 from __future__ import annotations
 
 import math
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -306,3 +307,28 @@ def test_a_bad_cron_spec_is_refused_at_the_boundary(runner: TaskRunner) -> None:
     with pytest.raises(InvalidMessage):
         runner.add_cron({"name": "x", "cron": "every day", "task": {"type": "c"}})
     assert runner.cron_entries() == []
+
+
+def test_a_cron_fire_the_store_refuses_is_logged_and_the_next_one_stores_its_task(
+    tmp_path: Path, logs: list[dict[str, Any]]
+) -> None:
+    path = tmp_path / "locked.db"
+    url = f"sqlite:///{path}?busy_timeout=0.1"
+    with TaskRunner.start(RunnerConfig(store=url)) as runner:
+        holder = sqlite3.connect(path)
+        holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+        try:
+            runner.add_cron(CronSpec(name="beat", cron=EVERY_SECOND, task=TaskSpec(type="c")))
+            wait_for(lambda: scheduler_stats(runner)["cron_failed"] >= 1)
+        finally:
+            holder.rollback()
+            holder.close()
+        wait_for(lambda: scheduler_stats(runner)["cron_fired"] >= 1)
+        failed = [e for e in logs if e["event"] == "scheduler.cron_failed"]
+        assert failed and "locked.db" in failed[0]["error"]
+        assert failed[0]["names"] == ["beat"]
+        # Fires go on meanwhile: the counter, read before and after, brackets the store.
+        before = scheduler_stats(runner)["cron_fired"]
+        stored = len(cron_tasks(runner, "beat"))
+        assert before <= stored <= scheduler_stats(runner)["cron_fired"]
+        runner.stop(drain=False)

@@ -9,9 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.core.scheduler import CronTable, cron_key, next_fire, previous_fire
-from messages import CronSpec, TaskSpec
+from messages import CronSpec, TaskSpec, TaskState
+from messages.task import queued_records
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
 EXPRESSIONS = ["* * * * *", "*/5 * * * *", "0 9 * * 1-5", "* * * * * */7", "@hourly", "30 2 1 * *"]
 
 
@@ -132,3 +134,12 @@ def test_cron_specs_are_checked_at_the_boundary(fields: dict[str, object], messa
 
 def test_a_cron_spec_normalises_its_whitespace() -> None:
     assert cron(expression="*/5   *  * * *").cron == "*/5 * * * *"
+
+
+def test_records_made_with_a_run_time_are_pending_until_then() -> None:
+    spec = TaskSpec(type="t")
+    (queued,) = queued_records([spec], now=T0, owner="r", max_attempts=3)
+    (delayed,) = queued_records([spec], now=T0, owner="r", max_attempts=3, run_at=T0 + HOUR)
+    assert (queued.state, queued.next_attempt_at) == (TaskState.QUEUED, None)
+    assert (delayed.state, delayed.next_attempt_at) == (TaskState.PENDING, T0 + HOUR)
+    assert delayed.moved(TaskState.QUEUED, at=T0 + HOUR).state is TaskState.QUEUED
