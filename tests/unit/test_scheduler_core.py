@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -143,3 +144,34 @@ def test_records_made_with_a_run_time_are_pending_until_then() -> None:
     assert (queued.state, queued.next_attempt_at) == (TaskState.QUEUED, None)
     assert (delayed.state, delayed.next_attempt_at) == (TaskState.PENDING, T0 + HOUR)
     assert delayed.moved(TaskState.QUEUED, at=T0 + HOUR).state is TaskState.QUEUED
+
+
+def test_fire_times_and_keys_are_utc_whatever_the_host_s_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        spec = cron(expression="0 9 * * *", zone="Europe/Berlin")
+        fire = next_fire(spec, datetime(2026, 7, 10, tzinfo=UTC))
+        before = previous_fire(spec, datetime(2026, 7, 10, 12, tzinfo=UTC))
+        between = previous_fire(spec, datetime(2026, 7, 10, 6, 59, tzinfo=UTC))
+        assert (fire.tzinfo, before.tzinfo, between.tzinfo) == (UTC, UTC, UTC)
+        assert before == datetime(2026, 7, 10, 7, tzinfo=UTC)  # 09:00 CEST
+        assert between == datetime(2026, 7, 9, 7, tzinfo=UTC)
+        assert cron_key("job", fire) == "cron:job:2026-07-10T07:00:00+00:00"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_an_entry_not_due_holds_back_no_other() -> None:
+    table = CronTable()
+    table.add(cron("a", "0 * * * *"), T0)  # hourly: not due at T0 + 1 min
+    table.add(cron("b", "* * * * *"), T0)
+    assert [spec.name for spec, _ in table.pop_due(T0 + timedelta(minutes=1))] == ["b"]
+
+
+def test_a_single_word_that_is_no_nickname_is_refused_by_its_field_count() -> None:
+    with pytest.raises(ValueError, match="5 or 6 fields"):
+        cron(expression="hourly")
