@@ -9,6 +9,7 @@ Messages built inside the runtime carry data that was validated once at the boun
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from pydantic import Field
@@ -16,7 +17,7 @@ from pydantic import Field
 from messages.base import Message
 from messages.health import HealthStatus
 from messages.routing import AgentView
-from messages.task import AgentSpec, CronSpec, TaskRecord
+from messages.task import AgentSpec, CronSpec, TaskRecord, TaskState
 
 __all__ = [
     "AddCron",
@@ -39,6 +40,7 @@ __all__ = [
     "PerfUpdate",
     "Persist",
     "Pickup",
+    "Prune",
     "Refill",
     "RegisterAgent",
     "Released",
@@ -261,6 +263,15 @@ class Pickup(Message):
     ``full``: sweep every QUEUED task now."""
 
     full: bool = False
+
+
+class Prune(Message):
+    """Host timer -> journal: delete finished tasks in ``states`` last updated before
+    ``before`` (``RunnerConfig.keep_finished_s``), in batches of ``limit``."""
+
+    before: datetime
+    states: tuple[TaskState, ...]
+    limit: int = Field(default=1000, ge=1)
 
 
 class InjectCrash(Message):

@@ -1,4 +1,5 @@
-"""``arbiter submit | worker | status | tasks | retry-dead``: a durable task store from the shell.
+"""``arbiter submit | worker | status | tasks | retry-dead | prune``: a durable task store
+from the shell.
 
 Every command takes ``--store URL`` or ``--store-file PATH`` (default: ``$ARBITER_STORE``,
 else the URL in the file ``$ARBITER_STORE_FILE``, else ``sqlite:///arbiter.db`` in the
@@ -25,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -34,6 +35,7 @@ import structlog
 from pydantic import ValidationError
 
 from actors.journal.store import (
+    PRUNED_BY_DEFAULT,
     TaskStore,
     open_store,
     redact_url,
@@ -62,7 +64,7 @@ class CommandError(Exception):
 
 # -- parser ---------------------------------------------------------------------------------
 def add_commands(sub: Any) -> None:
-    """Add ``submit``, ``worker``, ``status``, ``tasks`` and ``retry-dead`` to ``sub``."""
+    """Add ``submit``, ``worker``, ``status``, ``tasks``, ``retry-dead`` and ``prune``."""
     submit = sub.add_parser("submit", help="store a task for a worker; prints its id")
     _add_store(submit)
     submit.add_argument("--type", required=True, help="the task type (what a handler does)")
@@ -108,7 +110,9 @@ def add_commands(sub: Any) -> None:
         "what runs again after a kill -9 (see RunnerConfig.commit_window)",
     )
     worker.add_argument(
-        "--drain", action="store_true", help="exit 0 once no task in the store is unfinished"
+        "--drain",
+        action="store_true",
+        help="exit 0 once no task in the store is unfinished (delayed ones not due yet excepted)",
     )
     worker.add_argument(
         "--drain-timeout",
@@ -146,6 +150,21 @@ def add_commands(sub: Any) -> None:
         help="submit a task of TYPE at every fire time of the cron EXPR (5 fields, or 6 "
         "with seconds last; UTC); repeatable. On a shared store one worker fires each time",
     )
+    worker.add_argument(
+        "--keep-finished",
+        type=_positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="delete COMPLETED and CANCELLED tasks this long after they finished (every "
+        "minute); default: keep them",
+    )
+    worker.add_argument(
+        "--keep-dead-letters",
+        type=_positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="the same for DEAD_LETTERED tasks; default: keep them",
+    )
     worker.add_argument("--json", action="store_true", help="print the exit summary as JSON")
     worker.set_defaults(run=_guarded(_worker))
 
@@ -173,6 +192,21 @@ def add_commands(sub: Any) -> None:
     _add_store(retry)
     retry.add_argument("--json", action="store_true", help="print {requeued} as JSON")
     retry.set_defaults(run=_guarded(_retry_dead))
+
+    prune = sub.add_parser("prune", help="delete finished tasks older than --older-than")
+    _add_store(prune)
+    prune.add_argument(
+        "--older-than",
+        type=_seconds,
+        required=True,
+        metavar="SECONDS",
+        help="delete COMPLETED and CANCELLED tasks that finished at least this long ago",
+    )
+    prune.add_argument(
+        "--dead-letters", action="store_true", help="delete old DEAD_LETTERED tasks too"
+    )
+    prune.add_argument("--json", action="store_true", help="print {deleted} as JSON")
+    prune.set_defaults(run=_guarded(_prune))
 
 
 def _add_store(parser: argparse.ArgumentParser) -> None:
@@ -341,6 +375,8 @@ def _worker(args: argparse.Namespace) -> int:
             store_wait_s=args.store_wait,
             commit_window=args.commit_window,
             cron=cron,
+            keep_finished_s=args.keep_finished,
+            keep_dead_letters_s=args.keep_dead_letters,
         )
         try:
             for task_type, function in handlers.items():
@@ -374,7 +410,6 @@ def _worker(args: argparse.Namespace) -> int:
             summary = _worker_summary(runner, reason)
         finally:
             runner.stop(drain=False)  # what is still unfinished stays in the store
-    summary["drained"] = summary["unfinished"] == 0
     _log.info("worker.stopped", **summary)
     print(json.dumps(summary) if args.json else _table(summary))
     return 0
@@ -454,21 +489,22 @@ def _stop_signals() -> Iterator[_Signals]:
 
 def _serve(runner: TaskRunner, signals: _Signals, *, drain: bool) -> str:
     """Wait until a signal (returns "signal") or, with ``drain``, until no task is
-    unfinished (returns "drained")."""
+    unfinished but delayed ones not due yet (returns "drained")."""
     checked = time.monotonic()
     while not signals.stop.wait(0.05):
         # (a count of the store's tasks by state: not every 50 ms on a big shared store)
         if drain and time.monotonic() - checked >= _DRAIN_CHECK_S:
-            if runner.unfinished() == 0:
+            if runner.idle(_DRAIN_CHECK_S):
                 return "drained"
             checked = time.monotonic()
     return "signal"
 
 
 def _drain(runner: TaskRunner, signals: _Signals, timeout: float) -> None:
-    """Wait up to ``timeout`` for every unfinished task, unless a second signal comes."""
+    """Wait up to ``timeout`` for every unfinished task (delayed ones due after it
+    excepted), unless a second signal comes."""
     deadline = time.monotonic() + timeout
-    while runner.unfinished():
+    while not runner.idle(timeout):
         if signals.force.is_set():
             _log.warning("worker.forced", signal=signals.received[-1])
             return
@@ -488,6 +524,8 @@ def _worker_summary(runner: TaskRunner, reason: str) -> dict[str, Any]:
         "completed": sum(agent.get("completed", 0) for agent in agents),
         "failed": sum(agent.get("failed", 0) + agent.get("timed_out", 0) for agent in agents),
         "unfinished": runner.unfinished(),
+        "delayed": status["counts"]["pending"],
+        "drained": runner.idle(),
     }
 
 
@@ -578,6 +616,24 @@ def _retry_dead(args: argparse.Namespace) -> int:
         runner.stop(drain=False)
     print(json.dumps({"requeued": requeued}) if args.json else requeued)
     return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    states = (*PRUNED_BY_DEFAULT, TaskState.DEAD_LETTERED) if args.dead_letters else None
+    before = datetime.now(UTC) - timedelta(seconds=args.older_than)
+    deleted = 0
+    with _open_existing(args.store) as store:
+        while True:  # batches: a worker sharing the store is never locked out for long
+            batch = store.prune(before, states or PRUNED_BY_DEFAULT, _PRUNE_BATCH)
+            deleted += batch
+            if batch < _PRUNE_BATCH:
+                break
+    _log.info("store.pruned", tasks=deleted, before=before.isoformat())
+    print(json.dumps({"deleted": deleted}) if args.json else deleted)
+    return 0
+
+
+_PRUNE_BATCH = 1000
 
 
 def _table(summary: dict[str, Any]) -> str:

@@ -50,7 +50,7 @@ from actors.core.router import RouterCore
 from actors.events import EventsActor
 from actors.health import HealthActor, HealthCheck, HealthState, RegisterCheck
 from actors.journal.actor import JournalActor, JournalState, hand_to_queue, new_records
-from actors.journal.store import TaskStore, open_store
+from actors.journal.store import PRUNED_BY_DEFAULT, TaskStore, open_store
 from actors.performance import PerformanceActor, PerformanceState
 from actors.pipeline import (
     Admission,
@@ -99,6 +99,7 @@ from messages.pipeline import (
     ListCron,
     Persist,
     Pickup,
+    Prune,
     RegisterAgent,
     RemoveCron,
     RequeueDeadLetters,
@@ -279,6 +280,16 @@ class RunnerConfig(BaseModel):
     ``recover`` is on: a runner that only submits picks up nothing."""
     cron: tuple[CronSpec, ...] = ()
     """Cron entries added when the runner starts (see :meth:`TaskRunner.add_cron`)."""
+    keep_finished_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Delete COMPLETED and CANCELLED tasks from the store this long after they finished
+    (every ``prune_interval_s``; a store shared by runners is pruned by each). None: keep
+    them for ever. A pruned task's ``result()`` is gone and its idempotency key is free
+    again, so keep them longer than a host may submit the same key twice."""
+    keep_dead_letters_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """The same for DEAD_LETTERED tasks (None: kept until re-queued or pruned by hand)."""
+    prune_interval_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    """How often the journal deletes what ``keep_finished_s`` and ``keep_dead_letters_s``
+    let go (in batches of 1,000, between its writes)."""
     tracing: bool = False
     """OpenTelemetry spans for submits and attempts, the trace context carried in each task
     (needs ``opentelemetry-api``: the ``otel`` extra; see :mod:`supervisor.tracing`)."""
@@ -488,6 +499,8 @@ class TaskRunner:
             self._recover()
         if self._journal_state.local is not None:
             self._arm_pickup()
+        if config.keep_finished_s is not None or config.keep_dead_letters_s is not None:
+            self._arm_prune()
         for cron in config.cron:
             self.add_cron(cron)
         if config.gc_freeze:
@@ -654,6 +667,28 @@ class TaskRunner:
         self._require_system().runtime.timers.call_later(
             self.config.pickup_interval_s, self._pickup_tick
         )
+
+    def _arm_prune(self) -> None:
+        self._require_system().runtime.timers.call_later(
+            self.config.prune_interval_s, self._prune_tick
+        )
+
+    def _prune_tick(self) -> None:
+        """On the timer thread: ask the journal to delete what the retention settings let
+        go, then arm the next time (a prune missed at a stop is the next start's)."""
+        if self._stopped:
+            return
+        config = self.config
+        now = self.clock.now()
+        journal = self._peers.get("journal")
+        for keep, states in (
+            (config.keep_finished_s, PRUNED_BY_DEFAULT),
+            (config.keep_dead_letters_s, (TaskState.DEAD_LETTERED,)),
+        ):
+            if keep is not None:
+                before = now - timedelta(seconds=keep)
+                ring(journal, Prune.fast(before=before, states=tuple(states), limit=1000))
+        self._arm_prune()
 
     def _pickup_tick(self) -> None:
         """On the timer thread: one look for other processes' tasks, then the next one
@@ -1133,6 +1168,13 @@ class TaskRunner:
         counts = self._require_store().counts()
         return sum(n for state, n in counts.items() if state not in TERMINAL_STATES)
 
+    def idle(self, horizon_s: float = 0.0) -> bool:
+        """True when no task is unfinished, except delayed tasks due more than
+        ``horizon_s`` seconds from now (PENDING in the store until then)."""
+        if self._unfinished_due():
+            return False
+        return not self._delayed_before(self.clock.now() + timedelta(seconds=horizon_s))
+
     def _delayed_before(self, horizon: datetime) -> bool:
         """True if this runner's scheduler holds a delayed task due by ``horizon``."""
         due = self._actor_statistics(self._peers.get("scheduler")).get("next_delayed")
@@ -1158,9 +1200,8 @@ class TaskRunner:
         ``timeout``."""
         limit = self.config.drain_timeout_s if timeout is None else timeout
         deadline = self.clock.monotonic() + limit
-        horizon = self.clock.now() + timedelta(seconds=limit)
         pause = threading.Event()
-        while self._unfinished_due() or self._delayed_before(horizon):
+        while not self.idle(limit):
             left = deadline - self.clock.monotonic()
             if left <= 0:
                 return False

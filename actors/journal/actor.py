@@ -39,6 +39,7 @@ from messages.pipeline import (
     InjectCrash,
     Persist,
     Pickup,
+    Prune,
     RequeueDeadLetters,
     Sync,
 )
@@ -60,6 +61,7 @@ _PICKUP_PAGE: Final = 1000  # task heads per read when looking for other process
 _PICKUP_PAGES: Final = 50  # pages of new heads per look at most (the next goes on from there)
 _SWEEP_PAGES: Final = 4  # pages of the sweep through older QUEUED heads per look
 _UNBOUNDED: Final = 1 << 62  # a full look sweeps every page
+_PRUNE_BATCHES: Final = 100  # batches per prune at most (the next prune goes on)
 
 
 @dataclass
@@ -78,6 +80,7 @@ class JournalState:
     watermark: int = 0  # pickup: the highest sequence looked at
     sweep: int = 0  # pickup: how far the sweep through older QUEUED tasks has come
     picked_up: int = 0
+    pruned: int = 0
     batch_sizes: list[int] = field(default_factory=list)
 
 
@@ -127,6 +130,8 @@ class JournalActor(Actor):
             return None
         if isinstance(message, Pickup):
             return self._pickup(message.full)
+        if isinstance(message, Prune):
+            return self._prune(message)
         if isinstance(message, InjectCrash):
             raise RuntimeError(message.reason)
         raise TypeError(f"journal got {type(message).__name__}")
@@ -140,6 +145,7 @@ class JournalActor(Actor):
             "fenced": self.state.fenced,
             "outages": self.state.outages,
             "picked_up": self.state.picked_up,
+            "pruned": self.state.pruned,
             "refused": self.state.refused,
             "store": self.state.store.url,
         }
@@ -315,6 +321,27 @@ class JournalActor(Actor):
                 return True
             time.sleep(min(left, _KEEPALIVE_S))
 
+    def _prune(self, message: Prune) -> int:
+        """Delete finished tasks older than the message says, a batch at a time, saying
+        "busy" between batches (a long prune is not a hang) and stopping early when the
+        supervisor waits for the journal; the next prune goes on. Returns how many."""
+        store = self.state.store
+        deleted = 0
+        for _ in range(_PRUNE_BATCHES):
+            batch = store.prune(message.before, message.states, message.limit)
+            deleted += batch
+            if batch < message.limit or not self.context.still_busy():
+                break
+        self.state.pruned += deleted
+        if deleted:
+            self.context.log.info(
+                "journal.pruned",
+                tasks=deleted,
+                states=[state.value for state in message.states],
+                before=message.before.isoformat(),
+            )
+        return deleted
+
     def _pickup(self, full: bool) -> int:
         """Queue the QUEUED tasks of the store this runner does not have. Each look reads
         what was stored since the last one (by other processes: ``arbiter submit``) and a
@@ -435,10 +462,20 @@ def new_records(stored: Sequence[TaskRecord], submitted: Sequence[TaskRecord]) -
 
 
 def publish_submitted(fresh: Sequence[TaskRecord], hub: EventHub) -> None:
-    """``task.submitted`` for each new task, if anyone listens."""
+    """``task.submitted`` for each new task, if anyone listens (a delayed one with its
+    ``run_at``)."""
     if hub.active:
         for record in fresh:
-            hub.publish("task.submitted", record.task_id, type=record.spec.type)
+            run_at = record.next_attempt_at
+            if run_at is None:
+                hub.publish("task.submitted", record.task_id, type=record.spec.type)
+            else:
+                hub.publish(
+                    "task.submitted",
+                    record.task_id,
+                    type=record.spec.type,
+                    run_at=run_at.isoformat(),
+                )
 
 
 def hand_to_queue(

@@ -21,17 +21,21 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Collection, Sequence
+from datetime import datetime
 from itertools import chain
 from operator import itemgetter
 from typing import Any, Final, Self, TypeAlias
 
 from actors.journal.store import (
     DEFAULT_LIST_LIMIT,
+    PRUNED_BY_DEFAULT,
     SCHEMA_VERSION,
     StoreStatistics,
     TaskStore,
     check_limit,
+    check_prune,
     count_commit,
     new_statistics,
     parse_task_id,
@@ -67,6 +71,13 @@ _JSON_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 _EMPTY_JSON: Final = b"{}"
 _STATE_VALUES: Final = {state: state.value for state in TaskState}
 """Each state's plain string (cheaper than the enum's ``value`` property)."""
+_UPDATED_AT: Final = _RECORD_PLAIN.index("updated_at")
+_KEY: Final = len(_RECORD_PLAIN) + _SPEC_PLAIN.index("idempotency_key")
+"""Where a packed task keeps its ``updated_at`` and idempotency key, after its head and
+its capabilities."""
+
+_Finished: TypeAlias = dict[TaskState, deque[tuple[datetime, int]]]
+"""Per finished state, ``(updated_at, task id's int)`` in the order tasks finished."""
 
 
 def _pack_json(value: Any) -> Any:
@@ -153,6 +164,9 @@ class MemoryStore(TaskStore):
         self._counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self._next_sequence = 1
         self._stats: StoreStatistics = new_statistics()
+        # Finished tasks in the order they finished, for prune: None until the first
+        # prune (a store that is never pruned keeps no second entry per finished task).
+        self._finished: _Finished | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -233,10 +247,13 @@ class MemoryStore(TaskStore):
             entry = _pack(record) if state in TERMINAL_STATES else record
             writes.append((task_int, entry, state, current.state))
         counts = self._counts
+        finished = self._finished
         for task_int, entry, state, old_state in writes:
             tasks[task_int] = entry
             counts[state] += 1
             counts[old_state] -= 1
+            if finished is not None and type(entry) is tuple:
+                finished[state].append((entry[_HEAD + entry[_HEAD - 1] + _UPDATED_AT], task_int))
         return True
 
     def _insert_new(self, inserts: Sequence[TaskRecord]) -> bool:
@@ -262,6 +279,56 @@ class MemoryStore(TaskStore):
             counts[record.state] += 1
         self._next_sequence = sequence + len(inserts)
         return True
+
+    def prune(
+        self,
+        before: datetime,
+        states: Collection[TaskState] = PRUNED_BY_DEFAULT,
+        limit: int = DEFAULT_LIST_LIMIT,
+    ) -> int:
+        """Delete finished tasks updated before ``before`` (see TaskStore.prune), in the
+        order they finished. The first prune indexes the finished tasks (one pass over the
+        store); from then on each finished task is noted as it finishes."""
+        checked = check_prune(before, states, limit)
+        with self._lock:
+            self._check_open()
+            finished = self._finished
+            if finished is None:
+                finished = self._finished = self._index_finished()
+            tasks, keys, counts = self._tasks, self._keys, self._counts
+            deleted = 0
+            for state in checked:
+                line = finished[state]
+                value = _STATE_VALUES[state]
+                while line and deleted < limit and line[0][0] < before:
+                    at, task_int = line.popleft()
+                    entry = tasks.get(task_int)
+                    if type(entry) is not tuple or entry[1] != value:
+                        continue  # gone, or live again (a re-queued dead letter)
+                    base = _HEAD + entry[_HEAD - 1]
+                    if entry[base + _UPDATED_AT] != at:
+                        continue  # an older note of a task that finished again since
+                    del tasks[task_int]
+                    key = entry[base + _KEY]
+                    if key is not None:
+                        del keys[key]
+                    counts[state] -= 1
+                    deleted += 1
+            return deleted
+
+    def _index_finished(self) -> _Finished:
+        """Every finished task, per state, oldest ``updated_at`` first."""
+        finished: _Finished = {state: deque() for state in TERMINAL_STATES}
+        found: dict[TaskState, list[tuple[datetime, int]]] = {s: [] for s in TERMINAL_STATES}
+        states = {state.value: state for state in TERMINAL_STATES}
+        for task_int, entry in self._tasks.items():
+            if type(entry) is tuple:
+                base = _HEAD + entry[_HEAD - 1]
+                found[states[entry[1]]].append((entry[base + _UPDATED_AT], task_int))
+        for state, notes in found.items():
+            notes.sort()
+            finished[state].extend(notes)
+        return finished
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -372,7 +439,12 @@ class _Batch:
         store = self.store
         self._old_tasks.append((task_int, _ABSENT if previous is None else previous))
         state = record.state
-        store._tasks[task_int] = _pack(record) if state in TERMINAL_STATES else record
+        if state in TERMINAL_STATES:
+            store._tasks[task_int] = _pack(record)
+            if store._finished is not None:  # (an undone batch leaves a stale note: skipped)
+                store._finished[state].append((record.updated_at, task_int))
+        else:
+            store._tasks[task_int] = record
         counts = store._counts
         counts[state] += 1
         if old_state is not None:

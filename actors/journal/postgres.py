@@ -71,10 +71,12 @@ from psycopg_pool.base import AttemptWithBackoff
 from actors.journal._codec import decode_counts, decode_record, decode_version
 from actors.journal.store import (
     DEFAULT_LIST_LIMIT,
+    PRUNED_BY_DEFAULT,
     SCHEMA_VERSION,
     StoreStatistics,
     TaskStore,
     check_limit,
+    check_prune,
     count_commit,
     new_statistics,
     parse_task_id,
@@ -184,10 +186,13 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "WHERE owner IS NOT NULL AND lease_expires_at IS NULL "
         "AND state NOT IN ('CANCELLED', 'COMPLETED', 'DEAD_LETTERED')",
     ),
-    # 3: delayed tasks (PENDING until their run time), found by run time for promotion.
+    # 3: delayed tasks (PENDING until their run time), found by run time for promotion;
+    # finished ones, found by age for pruning.
     (
         "CREATE INDEX IF NOT EXISTS tasks_delayed ON {schema}.tasks (next_attempt_at) "
         "WHERE owner IS NULL AND state = 'PENDING'",
+        "CREATE INDEX IF NOT EXISTS tasks_finished ON {schema}.tasks (updated_at) "
+        "WHERE state IN ('CANCELLED', 'COMPLETED', 'DEAD_LETTERED')",
     ),
 )
 """Schema migrations: step ``i`` (0-based) takes a store from version ``i`` to ``i + 1``.
@@ -1032,6 +1037,34 @@ class PostgresStore(TaskStore):
             return record
 
         return self._transaction(work, "cancelling a task")
+
+    def prune(
+        self,
+        before: datetime,
+        states: Collection[TaskState] = PRUNED_BY_DEFAULT,
+        limit: int = DEFAULT_LIST_LIMIT,
+    ) -> int:
+        """Delete finished tasks updated before ``before`` (see TaskStore.prune), oldest
+        first, walking the ``tasks_finished`` index; rows another transaction holds are
+        skipped (a concurrent pruner takes them)."""
+        checked = check_prune(before, states, limit)
+        if not checked or limit == 0:
+            self._checked_pool()
+            return 0
+        # The states as literals (enum values, never input): the planner can then prove
+        # the condition of the partial index, which it cannot for a parameter.
+        names = ", ".join(f"'{state.value}'" for state in checked)
+        statement = sql.SQL(
+            "DELETE FROM {schema}.tasks WHERE task_id IN ("
+            f"SELECT task_id FROM {{schema}}.tasks WHERE state IN ({names}) "
+            "AND updated_at < %s ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+        ).format(schema=sql.Identifier(self._target.schema))
+
+        def work(cur: psycopg.Cursor[TupleRow]) -> int:
+            cur.execute(statement, (before, limit))
+            return max(0, cur.rowcount)
+
+        return self._transaction(work, "pruning finished tasks")
 
     def promote_due(self, limit: int) -> list[TaskRecord]:
         """Delayed tasks whose run time has come -> QUEUED (see TaskStore.promote_due).

@@ -18,18 +18,20 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, Final, Self
 
 from actors.journal._codec import decode_counts, decode_record, decode_version
 from actors.journal.store import (
     DEFAULT_LIST_LIMIT,
+    PRUNED_BY_DEFAULT,
     SCHEMA_VERSION,
     Durability,
     StoreStatistics,
     TaskStore,
     check_limit,
+    check_prune,
     count_commit,
     new_statistics,
     parse_task_id,
@@ -283,6 +285,35 @@ class SqliteStore(TaskStore):
                 raise
             count_commit(self._stats, inserted, len(inserts) - inserted, len(updates))
             return stored
+
+    def prune(
+        self,
+        before: datetime,
+        states: Collection[TaskState] = PRUNED_BY_DEFAULT,
+        limit: int = DEFAULT_LIST_LIMIT,
+    ) -> int:
+        """Delete finished tasks updated before ``before`` (see TaskStore.prune), oldest
+        sequences first, in one transaction."""
+        checked = check_prune(before, states, limit)
+        if not checked or limit == 0:
+            self._connection()
+            return 0
+        marks = ", ".join("?" * len(checked))
+        sql = (
+            "DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM tasks "
+            f"WHERE state IN ({marks}) AND updated_at < ? ORDER BY sequence LIMIT ?)"
+        )
+        params = (*(state.value for state in checked), _timestamp(before), limit)
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                deleted = conn.execute(sql, params).rowcount
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _rollback(conn)
+                raise self._translate(exc, "pruning finished tasks") from exc
+            return max(0, deleted)
 
     def _insert_all(
         self, conn: sqlite3.Connection, records: Sequence[TaskRecord]

@@ -29,17 +29,21 @@ import os
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, ClassVar, Final, Literal, Self
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from messages import TaskRecord, TaskState
+from messages.task import TERMINAL_STATES
 
 __all__ = [
+    "PRUNED_BY_DEFAULT",
     "SCHEMA_VERSION",
     "Durability",
     "StoreStatistics",
     "TaskStore",
+    "check_prune",
     "open_store",
     "redact_url",
     "resolve_store_url",
@@ -50,7 +54,11 @@ SCHEMA_VERSION: Final = 3
 """The newest schema version this code knows (every backend reports it once open).
 
 2: the tables of shared mode (``runners``, ``leaders``) and the claim and lease indexes
-(postgres; nothing changes for sqlite)."""
+(postgres; nothing changes for sqlite). 3: the indexes of delayed tasks (promotion) and
+of finished ones (pruning), postgres only."""
+
+PRUNED_BY_DEFAULT: Final = (TaskState.COMPLETED, TaskState.CANCELLED)
+"""What :meth:`TaskStore.prune` deletes unless told otherwise (dead letters are kept)."""
 
 Durability = Literal["normal", "fsync"]
 """``normal``: a commit survives a crash of the process; ``fsync``: also a power loss."""
@@ -192,6 +200,17 @@ class TaskStore(ABC):
             (record.sequence, record.task_id, record.state)
             for record in self.list_tasks(state, limit, after_sequence=after_sequence)
         ]
+
+    @abstractmethod
+    def prune(
+        self,
+        before: datetime,
+        states: Collection[TaskState] = PRUNED_BY_DEFAULT,
+        limit: int = DEFAULT_LIST_LIMIT,
+    ) -> int:
+        """Delete up to ``limit`` finished tasks in ``states`` (terminal states only) last
+        updated before ``before``, oldest first; return how many. Their idempotency keys
+        are free again. Raises ValueError for a state that is not terminal."""
 
     @abstractmethod
     def counts(self) -> dict[TaskState, int]:
@@ -358,6 +377,22 @@ class TaskStore(ABC):
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
         return f"<{type(self).__name__} {self.url} {state}>"
+
+
+def check_prune(
+    before: datetime, states: Collection[TaskState], limit: int
+) -> tuple[TaskState, ...]:
+    """The states of a :meth:`TaskStore.prune`, checked (terminal, sorted); refuse a naive
+    ``before`` or a negative ``limit`` (shared by the backends)."""
+    if before.tzinfo is None:
+        raise ValueError(f"before must be timezone-aware, got {before!r}")
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    checked = tuple(sorted({TaskState(state) for state in states}))
+    live = [state.value for state in checked if state not in TERMINAL_STATES]
+    if live:
+        raise ValueError(f"only finished tasks can be pruned, not {', '.join(live)}")
+    return checked
 
 
 def check_limit(limit: int, after_sequence: int) -> None:

@@ -394,6 +394,7 @@ def test_in_process_worker_stops_on_sigterm(
         "completed": 0,
         "failed": 0,
         "unfinished": 1,
+        "delayed": 0,
         "drained": False,
     }
     assert signal.getsignal(signal.SIGTERM) is original  # put back
@@ -566,3 +567,27 @@ def test_in_process_bad_cron_entries_are_one_line_errors(
     twice = ["--cron", "x", "* * * * *", "work"] * 2
     code, _, err = _main(capsys, "worker", "--handler", f"work={APPEND}", *twice)
     assert code == 2 and "distinct names" in err
+
+
+def test_in_process_prune_deletes_old_finished_tasks(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for task_type in ("work", "work", "boom"):
+        assert _main(capsys, "submit", "--type", task_type, "--max-attempts", "1")[0] == 0
+    assert _main(capsys, "submit", "--type", "later", "--delay", "3600")[0] == 0
+    handlers = ["--handler", f"work={APPEND}", "--handler", f"boom={FAIL}"]
+    code, out, err = _main(capsys, "worker", *handlers, "--drain", "--json")
+    assert code == 0, err
+    summary = json.loads(out)  # drained, though a task waits an hour: it is not due
+    assert (summary["drained"], summary["unfinished"], summary["delayed"]) == (True, 1, 1)
+    code, out, _ = _main(capsys, "prune", "--older-than", "3600", "--json")
+    assert (code, json.loads(out)) == (0, {"deleted": 0})  # nothing is that old
+    code, out, _ = _main(capsys, "prune", "--older-than", "0", "--json")
+    assert (code, json.loads(out)) == (0, {"deleted": 2})  # the two completed ones
+    code, out, _ = _main(capsys, "prune", "--older-than", "0", "--dead-letters")
+    assert (code, out.strip()) == (0, "1")
+    code, out, _ = _main(capsys, "status", "--json")
+    assert json.loads(out)["counts"]["pending"] == 1  # unfinished: never pruned
+    assert json.loads(out)["total"] == 1
+    code, _, err = _main(capsys, "prune", "--older-than", "0", "--store", "sqlite:///none.db")
+    assert code == 2 and "no task store" in err

@@ -536,6 +536,67 @@ def test_dead_letters_lists_dead_lettered_tasks_oldest_first(store: TaskStore) -
     assert len(store.dead_letters(limit=1)) == 1
 
 
+# -- pruning -------------------------------------------------------------------------------
+
+
+def test_prune_deletes_old_finished_tasks_oldest_first_and_frees_their_keys(
+    store: TaskStore,
+) -> None:
+    stored = store.insert([make_record(key=f"k{n}") for n in range(6)])
+    hour = timedelta(hours=1)
+    store.update(
+        [
+            moved(stored[0], TaskState.COMPLETED, updated_at=T0 + 2 * hour),
+            moved(stored[1], TaskState.CANCELLED, updated_at=T0 + hour),
+            moved(stored[2], TaskState.COMPLETED, updated_at=T0 + 5 * hour),  # too recent
+            moved(stored[3], TaskState.DEAD_LETTERED, updated_at=T0),  # kept by default
+            moved(stored[4], TaskState.RUNNING, updated_at=T0),  # live: never pruned
+        ]
+    )
+    cutoff = T0 + 3 * hour
+    assert store.prune(cutoff, limit=0) == 0
+    assert store.prune(cutoff, limit=1) == 1
+    assert store.prune(cutoff) == 1
+    assert store.prune(cutoff) == 0
+    assert [store.get(r.task_id) is None for r in stored] == [True, True] + [False] * 4
+    counts = store.counts()
+    assert (counts[TaskState.COMPLETED], counts[TaskState.CANCELLED]) == (1, 0)
+    # A pruned task's key is free: the same key makes a new task.
+    (again,) = store.insert([make_record(key="k0")])
+    assert again.task_id != stored[0].task_id and store.get(again.task_id) == again
+    assert store.get_by_idempotency_key("k1") is None
+    # Dead letters go only when asked for.
+    assert store.prune(cutoff, states=[TaskState.DEAD_LETTERED]) == 1
+    assert store.dead_letters() == []
+    assert store.get(stored[4].task_id) is not None
+
+
+def test_prune_refuses_live_states_and_a_naive_time(store: TaskStore) -> None:
+    with pytest.raises(ValueError, match="only finished tasks"):
+        store.prune(T0, states=[TaskState.QUEUED])
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.prune(T0.replace(tzinfo=None))
+    with pytest.raises(ValueError, match="limit"):
+        store.prune(T0, limit=-1)
+
+
+def test_prune_skips_a_dead_letter_requeued_since_and_prunes_what_finishes_later(
+    store: TaskStore,
+) -> None:
+    hour = timedelta(hours=1)
+    first, second = store.insert([make_record(), make_record()])
+    store.update([moved(first, TaskState.DEAD_LETTERED, updated_at=T0)])
+    assert store.prune(T0, states=[TaskState.DEAD_LETTERED]) == 0  # not before T0
+    store.update([moved(first, TaskState.QUEUED, updated_at=T0 + hour)])  # operator re-queue
+    assert store.prune(T0 + 9 * hour, states=[TaskState.DEAD_LETTERED]) == 0
+    store.update([moved(second, TaskState.COMPLETED, updated_at=T0 + hour)])
+    store.update([moved(first, TaskState.COMPLETED, updated_at=T0 + 2 * hour)])
+    assert store.prune(T0 + 2 * hour) == 1  # only what finished before then
+    assert store.get(second.task_id) is None and store.get(first.task_id) is not None
+    assert store.prune(T0 + 9 * hour) == 1
+    assert sum(store.counts().values()) == 0
+
+
 # -- lifecycle and introspection ---------------------------------------------------------
 
 

@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 
 from actors.core.scheduler import cron_key
-from messages import AgentSpec, CronSpec, InvalidMessage, QueueFull, TaskSpec, TaskState
+from messages import (
+    AgentSpec,
+    CronSpec,
+    InvalidMessage,
+    LifecycleEvent,
+    QueueFull,
+    TaskSpec,
+    TaskState,
+)
 from messages.pipeline import Tick
 from supervisor import RunnerConfig, TaskContext, TaskRunner
 from tests.conftest import WAIT_S, wait_for
@@ -332,3 +340,17 @@ def test_a_cron_fire_the_store_refuses_is_logged_and_the_next_one_stores_its_tas
         stored = len(cron_tasks(runner, "beat"))
         assert before <= stored <= scheduler_stats(runner)["cron_fired"]
         runner.stop(drain=False)
+
+
+def test_lifecycle_events_of_a_delayed_task(runner: TaskRunner) -> None:
+    events: list[LifecycleEvent] = []
+    runner.subscribe(events.append)
+    handle = runner.submit({"type": "t", "payload": {"n": 11}}, delay_s=0.05)
+    assert handle.result(WAIT_S) == 11
+    started = handle.record().history[0].started_at
+    wait_for(lambda: any(e.name == "task.completed" for e in events))
+    mine = [e for e in events if e.task_id == handle.task_id]
+    assert [e.name for e in mine][:2] == ["task.submitted", "task.queued"]
+    run_at = datetime.fromisoformat(mine[0].data["run_at"])
+    assert started is not None and run_at <= started
+    assert mine[1].at >= run_at  # queued at its run time, not at submit
