@@ -36,6 +36,7 @@ from actors.pipeline import TickTimer, Wiring
 from messages.errors import ActorStopped, StoreError
 from messages.pipeline import Enqueue, InjectCrash, Refill, Tick, Wake
 from messages.supervision import ActorStatistics, GetStatistics
+from messages.task import TaskRecord
 
 __all__ = ["ClaimSettings", "ClaimerActor", "ClaimerState", "Doorbell", "LocalAgents"]
 
@@ -216,24 +217,24 @@ class ClaimerActor(Actor):
             self._store_failed("heartbeat", exc)
 
     def _rescue(self) -> None:
-        try:
-            while True:
-                rescued = self.store.rescue_expired(_RESCUE_LIMIT)
-                self.state.rescued += len(rescued)
-                if len(rescued) < _RESCUE_LIMIT:
-                    return
-        except StoreError as exc:
-            self._store_failed("rescue", exc)
+        self.state.rescued += self._in_batches("rescue", self.store.rescue_expired, _RESCUE_LIMIT)
 
     def _promote(self) -> None:
+        self.state.promoted += self._in_batches("promote", self.store.promote_due, _PROMOTE_LIMIT)
+
+    def _in_batches(self, action: str, step: Callable[[int], list[TaskRecord]], limit: int) -> int:
+        """``step(limit)`` again while it does a full batch; how many tasks it moved. A
+        store error ends it (logged; the next tick tries again)."""
+        moved = 0
         try:
             while True:
-                promoted = self.store.promote_due(_PROMOTE_LIMIT)
-                self.state.promoted += len(promoted)
-                if len(promoted) < _PROMOTE_LIMIT:
-                    return
+                done = len(step(limit))
+                moved += done
+                if done < limit:
+                    return moved
         except StoreError as exc:
-            self._store_failed("promote", exc)
+            self._store_failed(action, exc)
+            return moved
 
     def _claim(self) -> None:
         """Claim what the local agents lack. After a full claim (the store may hold more)
