@@ -33,8 +33,8 @@ from actors.timers import TimerService
 from messages.base import FrozenDict
 from messages.errors import QueueFull
 from messages.events import LifecycleEvent
-from messages.pipeline import InjectCrash, Persist, Tick
-from messages.task import TERMINAL_STATES, TaskRecord
+from messages.pipeline import Enqueue, InjectCrash, Persist, Tick
+from messages.task import TERMINAL_STATES, TaskRecord, TaskState
 
 if TYPE_CHECKING:
     from actors.base import Actor
@@ -377,6 +377,30 @@ class Wiring:
         for record in written:
             if record.state in TERMINAL_STATES:
                 resolve(record)
+
+    def requeue_waiting(self, due: Sequence[TaskRecord], now: datetime) -> int:
+        """Tasks whose wait is over (a retry's backoff, a delayed task's run time): QUEUED,
+        written, and to the queue without an admission credit; returns how many."""
+        if not due:
+            return 0
+        queued = tuple(
+            record.moved(TaskState.QUEUED, at=now, next_attempt_at=None) for record in due
+        )
+        self.persist(queued)
+        self.peers.get("queue").tell(
+            Enqueue.fast(records=queued, admitted=False, redelivered=False)
+        )
+        return len(queued)
+
+    def cancel_waiting(self, record: TaskRecord | None, where: str) -> bool:
+        """A waiting task just taken out of its timer heap (None: it was not there):
+        CANCELLED, written, ``task.cancelled`` published; True if there was one."""
+        if record is None:
+            return False
+        self.persist((record.moved(TaskState.CANCELLED, at=self.clock.now()),))
+        if self.hub.active:
+            self.hub.publish("task.cancelled", record.task_id, where=where)
+        return True
 
 
 def last_of_each(updates: Sequence[TaskRecord]) -> Sequence[TaskRecord]:

@@ -154,11 +154,7 @@ class RetryActor(Actor):
         clock = self.wiring.clock
         due = self.state.core.pop_due(clock.monotonic())
         if due:
-            now = clock.now()
-            queued = [
-                record.moved(TaskState.QUEUED, at=now, next_attempt_at=None) for record in due
-            ]
-            self._send(queued, queued)
+            self.wiring.requeue_waiting(due, clock.now())
         self._arm()
 
     def _send(self, persist: list[TaskRecord], requeue: list[TaskRecord]) -> None:
@@ -177,11 +173,4 @@ class RetryActor(Actor):
             self.state.timer.arm(self.wiring.timers, self.context.self_ref, due, now)
 
     def _cancel(self, task_id: uuid.UUID) -> bool:
-        record = self.state.core.cancel(task_id)
-        if record is None:
-            return False
-        cancelled = record.moved(TaskState.CANCELLED, at=self.wiring.clock.now())
-        self._send([cancelled], [])
-        if self.wiring.hub.active:
-            self.wiring.hub.publish("task.cancelled", task_id, where="retry")
-        return True
+        return self.wiring.cancel_waiting(self.state.core.cancel(task_id), "retry")

@@ -33,14 +33,13 @@ from messages.pipeline import (
     AddCron,
     Append,
     CancelTask,
-    Enqueue,
     Hold,
     InjectCrash,
     ListCron,
     RemoveCron,
     Tick,
 )
-from messages.task import TaskRecord, TaskState, queued_records
+from messages.task import TaskRecord, queued_records
 
 __all__ = ["CronSettings", "SchedulerActor", "SchedulerState"]
 
@@ -160,16 +159,7 @@ class SchedulerActor(Actor):
 
     def _release(self, now: datetime) -> None:
         due = self.state.delayed.pop_due(now.timestamp())
-        if not due:
-            return
-        queued = tuple(
-            record.moved(TaskState.QUEUED, at=now, next_attempt_at=None) for record in due
-        )
-        self.wiring.persist(queued)
-        self.wiring.peers.get("queue").tell(
-            Enqueue.fast(records=queued, admitted=False, redelivered=False)
-        )
-        self.state.released += len(queued)
+        self.state.released += self.wiring.requeue_waiting(due, now)
 
     def _fire(self, now: datetime) -> None:
         state = self.state
@@ -231,11 +221,4 @@ class SchedulerActor(Actor):
         state.timer.arm(self.wiring.timers, self.context.self_ref, mono + wait, mono)
 
     def _cancel(self, task_id: uuid.UUID) -> bool:
-        record = self.state.delayed.cancel(task_id)
-        if record is None:
-            return False
-        cancelled = record.moved(TaskState.CANCELLED, at=self.wiring.clock.now())
-        self.wiring.persist((cancelled,))
-        if self.wiring.hub.active:
-            self.wiring.hub.publish("task.cancelled", task_id, where="scheduler")
-        return True
+        return self.wiring.cancel_waiting(self.state.delayed.cancel(task_id), "scheduler")
